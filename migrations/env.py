@@ -1,0 +1,56 @@
+"""Alembic environment: async, with the URL taken from productflo's settings."""
+
+from __future__ import annotations
+
+import asyncio
+from logging.config import fileConfig
+
+from alembic import context
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from productflo.database import DatabaseUrl, resolve
+from productflo.settings import Settings
+
+config = context.config
+if config.config_file_name is not None and config.attributes.get("configure_logger", True):
+    fileConfig(config.config_file_name, disable_existing_loggers=False)
+
+
+def _url() -> str:
+    given = config.attributes.get("database_url")
+    url = DatabaseUrl.parse(given) if given else resolve(Settings())
+    return url.sqlalchemy_url
+
+
+# Servers started together on an empty database would otherwise race to create the same tables.
+_MIGRATION_LOCK = 0x70726F64666C6F  # "prodflo"
+
+
+def _run(connection: Connection) -> None:
+    connection.exec_driver_sql(f"SELECT pg_advisory_lock({_MIGRATION_LOCK})")
+    connection.commit()
+    try:
+        context.configure(
+            connection=connection, target_metadata=None, transaction_per_migration=True
+        )
+        with context.begin_transaction():
+            context.run_migrations()
+    finally:
+        connection.exec_driver_sql(f"SELECT pg_advisory_unlock({_MIGRATION_LOCK})")
+
+
+async def _run_async() -> None:
+    engine = create_async_engine(_url())
+    async with engine.connect() as connection:
+        await connection.run_sync(_run)
+        await connection.commit()
+    await engine.dispose()
+
+
+if context.is_offline_mode():
+    context.configure(url=_url(), literal_binds=True)
+    with context.begin_transaction():
+        context.run_migrations()
+else:
+    asyncio.run(_run_async())

@@ -1,0 +1,3 @@
+from productflo.cli import main
+
+raise SystemExit(main())

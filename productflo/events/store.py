@@ -1,0 +1,409 @@
+"""The event log in PostgreSQL: group-committed appends, ordered reads, wake-ups.
+
+Why positions come from one counter row and not from a sequence
+----------------------------------------------------------------
+Readers follow the log by asking for `position > last_seen`. With a sequence, two transactions can
+take positions 7 and 8 and commit in the order 8, 7: a reader that looks in between sees 8, moves
+its cursor past 7, and never sees 7 once it commits. Marten, Message DB and the Python
+eventsourcing library all shipped that bug once.
+
+So every append transaction first locks the single row of `log_head` (`SELECT ... FOR UPDATE`),
+takes the next positions from it, inserts, moves the head and commits. The row lock is released
+only after the commit is visible, so the transaction holding positions 8.. cannot even start
+inserting before the one holding 7 has committed: commit order equals position order, positions
+have no holes (a rolled-back transaction rolls the head back too), and a reader can never see 8
+without 7. The cost is that appends are serialized across every process on the database; group
+commit pays for it by making each transaction carry every event that queued up meanwhile.
+
+Group commit
+------------
+A durable commit costs a WAL flush; a transaction of a thousand rows costs little more than one of
+a single row. Each process therefore sends all appends through one appender task that takes
+whatever has queued up, writes it as one transaction, and only then releases the callers (nobody is
+acknowledged before their event is durable: `synchronous_commit` stays on). A batch that fails on
+the data of one of its requests is retried request by request, so one bad message cannot fail its
+neighbours.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from productflo.errors import StoreError, StoreUnavailable
+from productflo.events.models import AppendResult, NewEvent, RecordedEvent
+
+log = logging.getLogger(__name__)
+
+NOTIFY_CHANNEL = "productflo_events"
+MAX_BATCH_EVENTS = 2000
+COMMAND_TIMEOUT = 10.0
+
+_COLUMNS = "position, event_id, stream, version, type, data, metadata, recorded_at"
+
+# Errors that say the connection, not the request, is at fault.
+_CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.OperatorInterventionError,
+)
+
+CommitListener = Callable[[list[RecordedEvent]], None]
+
+
+async def _init_connection(connection: asyncpg.Connection) -> None:
+    await connection.set_type_codec(
+        "jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog"
+    )
+
+
+async def connect(dsn: str) -> asyncpg.Connection:
+    """One connection with this package's codecs, or StoreUnavailable."""
+    try:
+        connection = await asyncpg.connect(dsn, command_timeout=COMMAND_TIMEOUT, timeout=5)
+    except (*_CONNECTION_ERRORS, asyncpg.PostgresError) as error:
+        raise StoreUnavailable("cannot connect to the database") from error
+    await _init_connection(connection)
+    return connection
+
+
+def _record(row: asyncpg.Record) -> RecordedEvent:
+    return RecordedEvent(
+        position=row["position"],
+        event_id=row["event_id"],
+        stream=row["stream"],
+        version=row["version"],
+        type=row["type"],
+        data=row["data"],
+        metadata=row["metadata"],
+        recorded_at=row["recorded_at"],
+    )
+
+
+@dataclass
+class _Request:
+    events: Sequence[NewEvent]
+    future: asyncio.Future[list[AppendResult]] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+
+class EventStore:
+    """The log for one process: a read pool, one appender task, one LISTEN connection."""
+
+    def __init__(self, dsn: str) -> None:
+        self._dsn = dsn
+        self._pool: asyncpg.Pool | None = None
+        self._queue: asyncio.Queue[_Request] = asyncio.Queue()
+        self._appender: asyncio.Task[None] | None = None
+        self._append_connection: asyncpg.Connection | None = None
+        self._listener: asyncio.Task[None] | None = None
+        self._wake_listeners: set[Callable[[], None]] = set()
+        self._commit_listeners: list[CommitListener] = []
+        self._closing = False
+        self.log_id: uuid.UUID | None = None
+        self.batches_committed = 0
+        self.events_committed = 0
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._pool = await asyncpg.create_pool(
+            self._dsn,
+            min_size=1,
+            max_size=10,
+            command_timeout=COMMAND_TIMEOUT,
+            init=_init_connection,
+        )
+        self.log_id = await self._read_log_id()
+        self._appender = asyncio.create_task(self._append_loop(), name="productflo-appender")
+        self._listener = asyncio.create_task(self._listen_loop(), name="productflo-listener")
+
+    async def close(self) -> None:
+        """Commit what is queued, then stop. Appends submitted after this fail."""
+        self._closing = True
+        if self._appender is not None:
+            await self._queue.put(_Request(events=()))  # the sentinel: drains everything before it
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._appender
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
+        if self._append_connection is not None:
+            await self._append_connection.close()
+        if self._pool is not None:
+            await self._pool.close()
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise RuntimeError("EventStore.start() has not run")
+        return self._pool
+
+    # -- appending -----------------------------------------------------------------------------
+
+    async def append(self, events: Sequence[NewEvent]) -> list[AppendResult]:
+        """Append atomically, in order; return once durable. Known event ids are not rewritten."""
+        if self._closing:
+            raise StoreUnavailable("the server is shutting down")
+        if not events:
+            return []
+        request = _Request(events)
+        await self._queue.put(request)
+        return await asyncio.shield(request.future)
+
+    def on_commit(self, listener: CommitListener) -> None:
+        """Call `listener` with each batch this process commits, in commit order, right after."""
+        self._commit_listeners.append(listener)
+
+    async def _append_loop(self) -> None:
+        stopping = False
+        while not stopping:
+            batch = [await self._queue.get()]
+            size = len(batch[0].events)
+            while size < MAX_BATCH_EVENTS and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+                size += len(batch[-1].events)
+            if any(not request.events for request in batch):
+                stopping = True
+                batch = [request for request in batch if request.events]
+            if batch:
+                await self._commit_batch(batch)
+
+    async def _commit_batch(self, batch: list[_Request]) -> None:
+        try:
+            outcome = await self._write([event for r in batch for event in r.events])
+        except StoreUnavailable as error:
+            for request in batch:
+                _fail(request, error)
+            return
+        except StoreError:
+            if len(batch) > 1:
+                # One request's data is at fault: isolate it so its neighbours still commit.
+                for request in batch:
+                    await self._commit_batch([request])
+            else:
+                _fail(batch[0], StoreError("the event could not be stored"))
+            return
+        offset = 0
+        for request in batch:
+            count = len(request.events)
+            if not request.future.done():
+                request.future.set_result(outcome.results[offset : offset + count])
+            offset += count
+        if outcome.new:
+            self.batches_committed += 1
+            self.events_committed += len(outcome.new)
+            for listener in self._commit_listeners:
+                listener(outcome.new)
+
+    async def _write(self, events: list[NewEvent]) -> _Outcome:
+        connection = await self._appending_connection()
+        try:
+            async with connection.transaction():
+                return await _append_in_transaction(connection, events)
+        except _CONNECTION_ERRORS as error:
+            await self._drop_append_connection()
+            raise StoreUnavailable("the database is unreachable") from error
+        except asyncpg.PostgresError as error:
+            log.warning("append failed: %s", error.__class__.__name__)
+            if connection.is_closed():
+                self._append_connection = None
+                raise StoreUnavailable("the database connection was lost") from error
+            raise StoreError("append refused by the database") from error
+
+    async def _appending_connection(self) -> asyncpg.Connection:
+        if self._append_connection is None or self._append_connection.is_closed():
+            self._append_connection = await connect(self._dsn)
+        return self._append_connection
+
+    async def _drop_append_connection(self) -> None:
+        connection, self._append_connection = self._append_connection, None
+        if connection is not None:
+            connection.terminate()
+
+    # -- reading -------------------------------------------------------------------------------
+
+    async def read(self, after: int, limit: int = 1000) -> list[RecordedEvent]:
+        """Events with position > after, oldest first."""
+        rows = await self._fetch(
+            f"SELECT {_COLUMNS} FROM events WHERE position > $1 ORDER BY position LIMIT $2",
+            after,
+            limit,
+        )
+        return [_record(row) for row in rows]
+
+    async def read_stream(
+        self,
+        stream: str,
+        *,
+        before: int | None = None,
+        limit: int = 100,
+        types: Iterable[str] | None = None,
+    ) -> list[RecordedEvent]:
+        """The newest `limit` events of a stream before a position, oldest first."""
+        rows = await self._fetch(
+            f"""
+            SELECT {_COLUMNS} FROM events
+            WHERE stream = $1 AND position < $2 AND ($3::text[] IS NULL OR type = ANY($3))
+            ORDER BY position DESC LIMIT $4
+            """,
+            stream,
+            before if before is not None else 2**63 - 1,
+            list(types) if types is not None else None,
+            limit,
+        )
+        return [_record(row) for row in reversed(rows)]
+
+    async def head(self) -> int:
+        """The position of the newest committed event (0 for an empty log)."""
+        value = await self._fetchval("SELECT position FROM log_head")
+        return int(value)
+
+    async def ping(self) -> None:
+        await self._fetchval("SELECT 1")
+
+    async def _read_log_id(self) -> uuid.UUID:
+        value = await self._fetchval("SELECT log_id FROM log_head")
+        return uuid.UUID(str(value))
+
+    async def _fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
+        try:
+            return list(await self.pool.fetch(query, *args))
+        except (*_CONNECTION_ERRORS, asyncpg.PostgresError) as error:
+            raise StoreUnavailable("the database is unreachable") from error
+
+    async def _fetchval(self, query: str, *args: Any) -> Any:
+        try:
+            return await self.pool.fetchval(query, *args)
+        except (*_CONNECTION_ERRORS, asyncpg.PostgresError) as error:
+            raise StoreUnavailable("the database is unreachable") from error
+
+    # -- wake-ups ------------------------------------------------------------------------------
+
+    def subscribe_wakeups(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call `callback` whenever any process commits; returns the unsubscribe function."""
+        self._wake_listeners.add(callback)
+        return lambda: self._wake_listeners.discard(callback)
+
+    def _wake_all(self, *_: object) -> None:
+        for callback in list(self._wake_listeners):
+            callback()
+
+    async def _listen_loop(self) -> None:
+        """Keep one LISTEN connection; on loss, wake everyone (they poll) and reconnect."""
+        delay = 0.1
+        while True:
+            try:
+                connection = await connect(self._dsn)
+            except StoreUnavailable:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            delay = 0.1
+            lost = asyncio.Event()
+            connection.add_termination_listener(lambda _connection: lost.set())
+            try:
+                await connection.add_listener(NOTIFY_CHANNEL, self._wake_all)
+                self._wake_all()  # anything committed while we were not listening
+                await lost.wait()
+            except _CONNECTION_ERRORS:
+                pass
+            finally:
+                connection.terminate()
+            self._wake_all()
+
+
+@dataclass
+class _Outcome:
+    results: list[AppendResult]
+    new: list[RecordedEvent]
+
+
+async def _append_in_transaction(
+    connection: asyncpg.Connection, events: list[NewEvent]
+) -> _Outcome:
+    # The row lock that makes commit order equal position order (module docstring).
+    head_row = await connection.fetchrow("SELECT position, now() AS now FROM log_head FOR UPDATE")
+    assert head_row is not None
+    head: int = head_row["position"]
+    now: datetime = head_row["now"]
+
+    known = {
+        row["event_id"]: _record(row)
+        for row in await connection.fetch(
+            f"SELECT {_COLUMNS} FROM events WHERE event_id = ANY($1::uuid[])",
+            [event.event_id for event in events],
+        )
+    }
+    versions: dict[str, int] = {
+        row["stream"]: row["version"]
+        for row in await connection.fetch(
+            """
+            SELECT s AS stream,
+                   coalesce((SELECT max(version) FROM events WHERE stream = s), 0) AS version
+            FROM unnest($1::text[]) AS s
+            """,
+            list({event.stream for event in events}),
+        )
+    }
+
+    results: list[AppendResult] = []
+    new: list[RecordedEvent] = []
+    for event in events:
+        if event.event_id in known:
+            results.append(AppendResult(known[event.event_id], duplicate=True))
+            continue
+        versions[event.stream] += 1
+        recorded = RecordedEvent(
+            position=head + len(new) + 1,
+            event_id=event.event_id,
+            stream=event.stream,
+            version=versions[event.stream],
+            type=event.type,
+            data=event.data,
+            metadata=event.metadata,
+            recorded_at=now,
+        )
+        known[event.event_id] = recorded  # a key repeated inside one batch is written once
+        new.append(recorded)
+        results.append(AppendResult(recorded, duplicate=False))
+
+    if new:
+        await connection.execute(
+            f"""
+            INSERT INTO events ({_COLUMNS})
+            SELECT p, i, s, v, t, d::jsonb, m::jsonb, $8
+            FROM unnest($1::bigint[], $2::uuid[], $3::text[], $4::bigint[], $5::text[],
+                        $6::text[], $7::text[]) AS u(p, i, s, v, t, d, m)
+            """,
+            [e.position for e in new],
+            [e.event_id for e in new],
+            [e.stream for e in new],
+            [e.version for e in new],
+            [e.type for e in new],
+            [json.dumps(e.data) for e in new],
+            [json.dumps(e.metadata) for e in new],
+            now,
+        )
+        await connection.execute("UPDATE log_head SET position = $1", new[-1].position)
+        await connection.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, str(new[-1].position))
+    return _Outcome(results, new)
+
+
+def _fail(request: _Request, error: Exception) -> None:
+    if not request.future.done():
+        request.future.set_exception(error)

@@ -1,0 +1,84 @@
+"""Following the log from a position, every event once and in order.
+
+A tailer is woken by LISTEN/NOTIFY (through the store), falls back to polling, and reads in
+batches. Events this process has just committed can be offered to it so that they are delivered
+without a round trip to the database, but only when they continue exactly where the tailer stands:
+positions have no holes (store.py), so `first == position + 1` proves nothing was skipped. Anything
+else (another process committed in between) is read from the log instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import AsyncIterator
+
+from productflo.errors import StoreError
+from productflo.events.models import RecordedEvent
+from productflo.events.store import EventStore
+
+log = logging.getLogger(__name__)
+
+
+class Tailer:
+    def __init__(
+        self,
+        store: EventStore,
+        after: int,
+        *,
+        batch_size: int = 1000,
+        poll_interval: float = 0.5,
+    ) -> None:
+        self.position = after
+        self._store = store
+        self._batch_size = batch_size
+        self._poll_interval = poll_interval
+        self._wake = asyncio.Event()
+        self._offered: deque[list[RecordedEvent]] = deque()
+        self._unsubscribe = store.subscribe_wakeups(self._wake.set)
+
+    def offer(self, events: list[RecordedEvent]) -> None:
+        """Hand over events just committed by this process (a shortcut, never a requirement)."""
+        self._offered.append(events)
+        self._wake.set()
+
+    def close(self) -> None:
+        self._unsubscribe()
+
+    async def batches(self) -> AsyncIterator[list[RecordedEvent]]:
+        """Each batch continues exactly where the previous one ended."""
+        while True:
+            yield await self.next_batch()
+
+    async def next_batch(self) -> list[RecordedEvent]:
+        while True:
+            offered = self._take_offered()
+            if offered:
+                return self._advance(offered)
+            self._wake.clear()
+            try:
+                events = await self._store.read(self.position, self._batch_size)
+            except StoreError:
+                log.warning("tailer cannot read the log; retrying")
+                events = []
+            if events:
+                return self._advance(events)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._poll_interval)
+
+    def _take_offered(self) -> list[RecordedEvent]:
+        while self._offered:
+            events = [e for e in self._offered.popleft() if e.position > self.position]
+            if not events:
+                continue
+            if events[0].position == self.position + 1:
+                return events
+            # A gap: someone else committed in between. The log has it all, in order.
+            self._offered.clear()
+        return []
+
+    def _advance(self, events: list[RecordedEvent]) -> list[RecordedEvent]:
+        self.position = events[-1].position
+        return events
