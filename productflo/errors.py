@@ -13,7 +13,7 @@ What a client sees is the error_code and a fixed message, never the text of an i
 
 from __future__ import annotations
 
-from enum import StrEnum
+from enum import IntEnum, StrEnum
 
 
 class ErrorCode(StrEnum):
@@ -37,10 +37,13 @@ class ProductfloError(Exception):
 class ProtocolError(ProductfloError):
     """A client message that breaks a rule of the protocol."""
 
-    def __init__(self, error_code: ErrorCode, message: str) -> None:
+    def __init__(
+        self, error_code: ErrorCode, message: str, *, client_msg_id: str | None = None
+    ) -> None:
         super().__init__(message)
         self.error_code = error_code
         self.message = message
+        self.client_msg_id = client_msg_id
 
 
 class AuthenticationFailed(ProductfloError):
@@ -57,3 +60,16 @@ class StoreError(ProductfloError):
 
 class StoreUnavailable(StoreError):
     """The database could not be reached, or did not answer in time."""
+
+
+class CloseCode(IntEnum):
+    """WebSocket close codes of SPEC section 5."""
+
+    NORMAL = 1000
+    POLICY_VIOLATION = 1008
+    MESSAGE_TOO_BIG = 1009
+    INTERNAL_ERROR = 1011
+    SERVICE_RESTART = 1012
+    TRY_AGAIN_LATER = 1013
+    AUTHENTICATION_FAILED = 4401
+    FORBIDDEN_ORIGIN = 4403

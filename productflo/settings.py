@@ -44,9 +44,7 @@ class Settings(BaseSettings):
     outbound_queue_size: int = Field(default=1000, gt=0)
     poll_interval: float = Field(default=0.5, gt=0)
 
-    _split_lists = field_validator("jwt_algorithms", "allowed_origins", mode="before")(
-        _comma_list
-    )
+    _split_lists = field_validator("jwt_algorithms", "allowed_origins", mode="before")(_comma_list)
 
     @property
     def embedded(self) -> bool:
@@ -60,3 +58,10 @@ class Settings(BaseSettings):
     @property
     def secret_file(self) -> Path:
         return self.data_dir / "jwt_secret"
+
+
+def export_database_url(dsn: str) -> None:
+    """Hand the database URL to child processes (server workers), which read the environment."""
+    import os
+
+    os.environ["PRODUCTFLO_DATABASE_URL"] = dsn

@@ -39,12 +39,15 @@ from typing import Any
 
 import asyncpg
 
+from productflo import metrics
 from productflo.errors import StoreError, StoreUnavailable
 from productflo.events.models import AppendResult, NewEvent, RecordedEvent
 
 log = logging.getLogger(__name__)
 
 NOTIFY_CHANNEL = "productflo_events"
+# Signals that are delivered to every process but never stored (typing).
+VOLATILE_CHANNEL = "productflo_volatile"
 MAX_BATCH_EVENTS = 2000
 COMMAND_TIMEOUT = 10.0
 
@@ -60,7 +63,10 @@ _CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.OperatorInterventionError,
 )
 
+_DATABASE_ERRORS: tuple[type[BaseException], ...] = (*_CONNECTION_ERRORS, asyncpg.PostgresError)
+
 CommitListener = Callable[[list[RecordedEvent]], None]
+VolatileListener = Callable[[dict[str, Any]], None]
 
 
 async def _init_connection(connection: asyncpg.Connection) -> None:
@@ -73,7 +79,7 @@ async def connect(dsn: str) -> asyncpg.Connection:
     """One connection with this package's codecs, or StoreUnavailable."""
     try:
         connection = await asyncpg.connect(dsn, command_timeout=COMMAND_TIMEOUT, timeout=5)
-    except (*_CONNECTION_ERRORS, asyncpg.PostgresError) as error:
+    except _DATABASE_ERRORS as error:
         raise StoreUnavailable("cannot connect to the database") from error
     await _init_connection(connection)
     return connection
@@ -112,6 +118,7 @@ class EventStore:
         self._listener: asyncio.Task[None] | None = None
         self._wake_listeners: set[Callable[[], None]] = set()
         self._commit_listeners: list[CommitListener] = []
+        self._volatile_listeners: list[VolatileListener] = []
         self._closing = False
         self.log_id: uuid.UUID | None = None
         self.batches_committed = 0
@@ -185,7 +192,8 @@ class EventStore:
 
     async def _commit_batch(self, batch: list[_Request]) -> None:
         try:
-            outcome = await self._write([event for r in batch for event in r.events])
+            with metrics.APPEND_SECONDS.time():
+                outcome = await self._write([event for r in batch for event in r.events])
         except StoreUnavailable as error:
             for request in batch:
                 _fail(request, error)
@@ -207,6 +215,8 @@ class EventStore:
         if outcome.new:
             self.batches_committed += 1
             self.events_committed += len(outcome.new)
+            metrics.EVENTS_APPENDED.inc(len(outcome.new))
+            metrics.APPEND_BATCH_SIZE.observe(len(outcome.new))
             for listener in self._commit_listeners:
                 listener(outcome.new)
 
@@ -239,7 +249,7 @@ class EventStore:
 
     async def read(self, after: int, limit: int = 1000) -> list[RecordedEvent]:
         """Events with position > after, oldest first."""
-        rows = await self._fetch(
+        rows = await self.fetch(
             f"SELECT {_COLUMNS} FROM events WHERE position > $1 ORDER BY position LIMIT $2",
             after,
             limit,
@@ -255,7 +265,7 @@ class EventStore:
         types: Iterable[str] | None = None,
     ) -> list[RecordedEvent]:
         """The newest `limit` events of a stream before a position, oldest first."""
-        rows = await self._fetch(
+        rows = await self.fetch(
             f"""
             SELECT {_COLUMNS} FROM events
             WHERE stream = $1 AND position < $2 AND ($3::text[] IS NULL OR type = ANY($3))
@@ -280,16 +290,17 @@ class EventStore:
         value = await self._fetchval("SELECT log_id FROM log_head")
         return uuid.UUID(str(value))
 
-    async def _fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
+    async def fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
+        """Run a read query on the pool, driver errors translated."""
         try:
             return list(await self.pool.fetch(query, *args))
-        except (*_CONNECTION_ERRORS, asyncpg.PostgresError) as error:
+        except _DATABASE_ERRORS as error:
             raise StoreUnavailable("the database is unreachable") from error
 
     async def _fetchval(self, query: str, *args: Any) -> Any:
         try:
             return await self.pool.fetchval(query, *args)
-        except (*_CONNECTION_ERRORS, asyncpg.PostgresError) as error:
+        except _DATABASE_ERRORS as error:
             raise StoreUnavailable("the database is unreachable") from error
 
     # -- wake-ups ------------------------------------------------------------------------------
@@ -298,6 +309,22 @@ class EventStore:
         """Call `callback` whenever any process commits; returns the unsubscribe function."""
         self._wake_listeners.add(callback)
         return lambda: self._wake_listeners.discard(callback)
+
+    def on_volatile(self, listener: VolatileListener) -> None:
+        """Call `listener` with every volatile signal published by any process."""
+        self._volatile_listeners.append(listener)
+
+    async def publish_volatile(self, payload: dict[str, Any]) -> None:
+        """Send a signal to every process, through PostgreSQL, without storing it."""
+        await self._fetchval("SELECT pg_notify($1, $2)", VOLATILE_CHANNEL, json.dumps(payload))
+
+    def _receive_volatile(self, _c: object, _pid: int, _channel: str, payload: object) -> None:
+        try:
+            message = json.loads(str(payload))
+        except ValueError:
+            return
+        for listener in self._volatile_listeners:
+            listener(message)
 
     def _wake_all(self, *_: object) -> None:
         for callback in list(self._wake_listeners):
@@ -315,9 +342,10 @@ class EventStore:
                 continue
             delay = 0.1
             lost = asyncio.Event()
-            connection.add_termination_listener(lambda _connection: lost.set())
+            connection.add_termination_listener(_setter(lost))
             try:
                 await connection.add_listener(NOTIFY_CHANNEL, self._wake_all)
+                await connection.add_listener(VOLATILE_CHANNEL, self._receive_volatile)
                 self._wake_all()  # anything committed while we were not listening
                 await lost.wait()
             except _CONNECTION_ERRORS:
@@ -402,6 +430,10 @@ async def _append_in_transaction(
         await connection.execute("UPDATE log_head SET position = $1", new[-1].position)
         await connection.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, str(new[-1].position))
     return _Outcome(results, new)
+
+
+def _setter(event: asyncio.Event) -> Callable[[object], None]:
+    return lambda _connection: event.set()
 
 
 def _fail(request: _Request, error: Exception) -> None:

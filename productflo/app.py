@@ -1,0 +1,73 @@
+"""The ASGI application: the event store and the hub for the process's lifetime, and the routes."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from productflo.auth import TokenVerifier
+from productflo.database import DatabaseUrl, resolve
+from productflo.errors import CloseCode, StoreError
+from productflo.events.store import EventStore
+from productflo.hub import Hub
+from productflo.settings import Settings
+from productflo.transports import native
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings, database: DatabaseUrl) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        store = EventStore(database.dsn)
+        await store.start()
+        hub = Hub(store, poll_interval=settings.poll_interval)
+        await hub.start()
+        app.state.store, app.state.hub = store, hub
+        log.info("serving log %s from position %d", store.log_id, hub.dispatched)
+        try:
+            yield
+        finally:
+            # Stop taking messages, commit what was accepted, then tell clients to come back.
+            for session in hub.sessions:
+                session.request_close(CloseCode.SERVICE_RESTART, "server restarting")
+            for session in hub.sessions:
+                await session.wait_closed()
+            await store.close()
+            await hub.stop()
+
+    app = FastAPI(title="ProductFlo realtime server", lifespan=lifespan)
+    app.state.settings = settings
+    app.state.verifier = TokenVerifier(settings)
+    app.include_router(native.router)
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        """Alive: the process answers."""
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz() -> Response:
+        """Ready: the database answers, so messages can be acknowledged."""
+        try:
+            await app.state.store.ping()
+        except StoreError:
+            return JSONResponse({"status": "unavailable", "database": "unreachable"}, 503)
+        return JSONResponse({"status": "ready", "database": "ok"})
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def create_app_from_environment() -> FastAPI:
+    """Factory for `uvicorn --factory` and worker processes: settings from the environment."""
+    settings = Settings()
+    return create_app(settings, resolve(settings))

@@ -1,0 +1,243 @@
+"""The JSON envelope, both ways: inbound validation and outbound rendering. Pure: no I/O.
+
+Inbound frames are parsed into `Inbound` (or a ProtocolError with the SPEC error code); events
+from the log are rendered into outbound envelopes by `render_event`, the one place that decides
+what a stored event looks like to a client, live, replayed or in a history page alike.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+
+from productflo.errors import ErrorCode, ProtocolError
+from productflo.events.models import JsonObject, RecordedEvent
+
+WELCOME_MESSAGE = "Connected to ProductFlo WebSocket server"
+MAX_HISTORY_LIMIT = 100
+
+
+class InboundCode(StrEnum):
+    CHAT = "chat"
+    HAITCH_CHAT = "haitch_chat"
+    IDEA = "idea"
+    DOCUMENTATION = "documentation"
+    ENGINEERING = "engineering"
+    JOIN = "join"
+    LEAVE = "leave"
+    TYPING = "typing"
+    HISTORY = "history"
+
+
+# Requests answered by the AI assistant: acknowledged with `pending`, answered later.
+AI_CODES = frozenset(
+    {InboundCode.HAITCH_CHAT, InboundCode.IDEA, InboundCode.DOCUMENTATION, InboundCode.ENGINEERING}
+)
+# Everything in a room: all codes need one.
+ROOM_CODES = frozenset(InboundCode)
+# Codes that are neither appended to the log nor answered from it (a signal and a read).
+UNSTORED_CODES = frozenset({InboundCode.TYPING, InboundCode.HISTORY})
+
+Status = Literal["success", "error", "pending"]
+
+# Ids end up in streams, cookies and log lines: printable, no separators, bounded.
+_ID_PATTERN = r"^[A-Za-z0-9_.@:+|=~\-]{1,128}$"
+Identifier = Annotated[str, StringConstraints(pattern=_ID_PATTERN)]
+
+
+class InboundData(BaseModel):
+    """`data`: the seed's fields typed, anything else kept as sent."""
+
+    model_config = ConfigDict(extra="allow")
+
+    message: str | None = Field(default=None, max_length=32768)
+    sender: str | None = Field(default=None, max_length=128)
+    attached_files: list[Annotated[str, Field(max_length=1024)]] | None = Field(
+        default=None, max_length=100
+    )
+    is_typing: bool | None = None
+    before: int | None = Field(default=None, gt=0)
+    limit: int | None = Field(default=None, gt=0, le=MAX_HISTORY_LIMIT)
+
+
+class Inbound(BaseModel):
+    """A client's message, valid in shape (the connection checks who may send it)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    code: InboundCode
+    user_id: Identifier | None = None
+    room_id: Identifier | None = None
+    timestamp: datetime | None = None
+    data: InboundData = Field(default_factory=InboundData)
+    client_msg_id: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = None
+
+    def data_json(self) -> JsonObject:
+        """`data` as the client sent it, minus fields it left out."""
+        return self.data.model_dump(exclude_none=True)
+
+
+def parse_inbound(frame: str | bytes, connection_user: str) -> Inbound:
+    """Parse one frame, or raise ProtocolError with the first rule it breaks (SPEC section 5)."""
+    try:
+        raw = json.loads(frame)
+    except (ValueError, UnicodeDecodeError):
+        raise ProtocolError(ErrorCode.INVALID_JSON, "The message is not valid JSON") from None
+    if not isinstance(raw, dict):
+        raise ProtocolError(ErrorCode.INVALID_JSON, "The message must be a JSON object")
+    echo = raw.get("client_msg_id")
+    echo = echo if isinstance(echo, str) and 0 < len(echo) <= 64 and "\x00" not in echo else None
+
+    def refuse(error_code: ErrorCode, message: str) -> ProtocolError:
+        return ProtocolError(error_code, message, client_msg_id=echo)
+
+    code = raw.get("code")
+    if code is None or code == "":
+        raise refuse(ErrorCode.MESSAGE_CODE_REQUIRED, "Message code is required")
+    if not isinstance(code, str):
+        raise refuse(ErrorCode.INVALID_MESSAGE, "code must be a string")
+    if code not in InboundCode.__members__.values():
+        raise refuse(ErrorCode.UNSUPPORTED_MESSAGE_TYPE, f"Unsupported message type: {code[:64]}")
+    if _has_nul(raw):
+        raise refuse(ErrorCode.INVALID_MESSAGE, "Strings may not contain NUL characters")
+    try:
+        inbound = Inbound.model_validate(raw)
+    except ValidationError as error:
+        raise refuse(ErrorCode.INVALID_MESSAGE, _describe(error)) from None
+    if inbound.user_id is not None and inbound.user_id != connection_user:
+        raise refuse(ErrorCode.USER_ID_MISMATCH, "user_id does not match the connection's user")
+    if inbound.code in ROOM_CODES and inbound.room_id is None:
+        raise refuse(ErrorCode.ROOM_ID_REQUIRED, f"room_id is required for {code}")
+    return inbound
+
+
+def _has_nul(value: Any) -> bool:
+    # PostgreSQL's jsonb cannot hold U+0000; refuse it here rather than fail in the store.
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(item) for item in value)
+    return False
+
+
+def _describe(error: ValidationError) -> str:
+    first = error.errors()[0]
+    where = ".".join(str(part) for part in first["loc"]) or "message"
+    return f"Invalid field {where}: {first['msg']}"
+
+
+# -- outbound ------------------------------------------------------------------------------------
+
+
+def iso(moment: datetime) -> str:
+    """ISO 8601 in UTC with a Z, as every outbound timestamp."""
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def now_iso() -> str:
+    return iso(datetime.now(UTC))
+
+
+def envelope(
+    status: Status,
+    code: str,
+    user_id: str | None,
+    data: JsonObject,
+    *,
+    room_id: str | None = None,
+    timestamp: str | None = None,
+    event_id: int | None = None,
+    client_msg_id: str | None = None,
+) -> JsonObject:
+    out: JsonObject = {
+        "status": status,
+        "code": code,
+        "user_id": user_id,
+        "room_id": room_id,
+        "timestamp": timestamp or now_iso(),
+        "data": data,
+    }
+    if event_id is not None:
+        out["event_id"] = event_id
+    if client_msg_id is not None:
+        out["client_msg_id"] = client_msg_id
+    return out
+
+
+def error_envelope(user_id: str | None, error: ProtocolError) -> JsonObject:
+    """The seed's error shape, sent to the sender only."""
+    details = {"error_code": str(error.error_code), "message": error.message}
+    return envelope(
+        "error",
+        "system",
+        user_id,
+        {"message": error.message, "details": details},
+        client_msg_id=error.client_msg_id,
+    )
+
+
+def system_envelope(user_id: str | None, message: str, details: JsonObject) -> JsonObject:
+    return envelope("success", "system", user_id, {"message": message, "details": details})
+
+
+def welcome(user_id: str, details: JsonObject) -> JsonObject:
+    timestamp = now_iso()
+    return envelope(
+        "success",
+        "system",
+        user_id,
+        {
+            "message": WELCOME_MESSAGE,
+            "details": {"user_id": user_id, "timestamp": timestamp, **details},
+        },
+        timestamp=timestamp,
+    )
+
+
+# What a `history` page and GET /rooms/{id}/messages hold: the room's visible events.
+HISTORY_TYPES = ("chat", "join", "leave")
+
+Audience = Literal["room", "user"]
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """An event as clients see it, and who sees it: the room's members, or one user."""
+
+    envelope: JsonObject
+    audience: Audience
+    recipient: str
+
+
+def render_event(event: RecordedEvent) -> Rendered | None:
+    """The outbound envelope of a stored event, or None for events clients never see."""
+    actor = event.user_id
+    common: dict[str, Any] = {
+        "room_id": event.room_id,
+        "timestamp": iso(event.recorded_at),
+        "event_id": event.position,
+        "client_msg_id": event.metadata.get("client_msg_id"),
+    }
+    room = event.room_id
+    if room is not None and event.type == InboundCode.CHAT:
+        return Rendered(
+            envelope("success", "chat_response", actor, event.data, **common), "room", room
+        )
+    if room is not None and event.type in (InboundCode.JOIN, InboundCode.LEAVE):
+        verb = "joined" if event.type == InboundCode.JOIN else "left"
+        data = {
+            "message": f"{actor} {verb} the room",
+            "details": {"action": event.type, "user_id": actor, "room_id": room},
+        }
+        return Rendered(envelope("success", "system", actor, data, **common), "room", room)
+    if event.type in AI_CODES and actor is not None:
+        # The request is acknowledged to its sender; the answer, a later event, goes to the room.
+        return Rendered(envelope("pending", event.type, actor, event.data, **common), "user", actor)
+    return None

@@ -1,0 +1,163 @@
+"""Delivery: the log's events handed to this process's connections, in log order.
+
+The hub follows the log with one tailer (its own commits are offered to it, so they go out without
+a round trip; everyone else's are read) and, event by event, updates the membership of the users
+connected here and hands each envelope to the sessions that should see it. Nothing else delivers
+log events, so every session sees each position once and in order, whichever process wrote it.
+
+Membership of a user is loaded when their first session attaches, from the log up to the position
+the hub has dispatched, under the same lock as dispatching: the load and the live updates meet
+exactly, without a window in which a join or leave could be lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import defaultdict
+from typing import TYPE_CHECKING, Any
+
+from productflo import metrics
+from productflo.envelopes import envelope, now_iso, render_event
+from productflo.events.models import RecordedEvent
+from productflo.events.store import EventStore
+from productflo.events.tailer import Tailer
+from productflo.projections import membership
+
+if TYPE_CHECKING:
+    from productflo.session import Session
+
+log = logging.getLogger(__name__)
+
+
+class Hub:
+    def __init__(self, store: EventStore, *, poll_interval: float = 0.5) -> None:
+        self.store = store
+        self._poll_interval = poll_interval
+        self._sessions: dict[str, set[Session]] = defaultdict(set)
+        self._rooms: dict[str, set[str]] = {}  # user -> rooms, for users connected here
+        self._members: dict[str, set[str]] = defaultdict(set)  # room -> users connected here
+        self._lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+        self._tailer: Tailer | None = None
+        self.dispatched = 0
+
+    async def start(self) -> None:
+        self.dispatched = await self.store.head()
+        self._tailer = Tailer(self.store, self.dispatched, poll_interval=self._poll_interval)
+        self.store.on_commit(self._tailer.offer)
+        self.store.on_volatile(self._receive_volatile)
+        self._task = asyncio.create_task(self._run(), name="productflo-hub")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._tailer is not None:
+            self._tailer.close()
+
+    @property
+    def sessions(self) -> list[Session]:
+        return [session for group in self._sessions.values() for session in group]
+
+    # -- sessions ------------------------------------------------------------------------------
+
+    async def attach(self, session: Session) -> set[str]:
+        """Register a session for delivery; returns its user's rooms."""
+        user = session.user_id
+        async with self._lock:
+            if user not in self._rooms:
+                rooms = await membership.rooms_of(self.store, user, self.dispatched)
+                self._rooms[user] = rooms
+                for room in rooms:
+                    self._members[room].add(user)
+            self._sessions[user].add(session)
+            metrics.CONNECTIONS.inc()
+            return set(self._rooms[user])
+
+    def detach(self, session: Session) -> None:
+        user = session.user_id
+        group = self._sessions.get(user)
+        if group is None or session not in group:
+            return
+        group.discard(session)
+        metrics.CONNECTIONS.dec()
+        if not group:
+            del self._sessions[user]
+            for room in self._rooms.pop(user, set()):
+                self._members[room].discard(user)
+                if not self._members[room]:
+                    del self._members[room]
+
+    def is_member(self, user_id: str, room_id: str) -> bool:
+        return room_id in self._rooms.get(user_id, ())
+
+    # -- dispatch ------------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        assert self._tailer is not None
+        while True:
+            batch = await self._tailer.next_batch()
+            async with self._lock:
+                for event in batch:
+                    self._dispatch(event)
+                self.dispatched = batch[-1].position
+
+    def _dispatch(self, event: RecordedEvent) -> None:
+        if event.type == "join":
+            self._apply_membership(event)  # the joiner sees their own join
+        rendered = render_event(event)
+        if rendered is not None:
+            if rendered.audience == "room":
+                recipients = self._members.get(rendered.recipient, set())
+            else:
+                recipients = {rendered.recipient}
+            for user in recipients:
+                for session in self._sessions.get(user, ()):
+                    session.deliver(rendered.envelope)
+        if event.type == "leave":
+            self._apply_membership(event)  # ... and the leaver their own leave
+
+    def _apply_membership(self, event: RecordedEvent) -> None:
+        user, room = event.user_id, event.room_id
+        if user is None or room is None or user not in self._rooms:
+            return
+        membership.apply(self._rooms[user], event)
+        if room in self._rooms[user]:
+            self._members[room].add(user)
+        else:
+            self._members[room].discard(user)
+
+    # -- volatile signals ----------------------------------------------------------------------
+
+    async def publish_typing(self, user_id: str, room_id: str, is_typing: bool) -> None:
+        await self.store.publish_volatile(
+            {
+                "kind": "typing",
+                "user_id": user_id,
+                "room_id": room_id,
+                "is_typing": is_typing,
+                "timestamp": now_iso(),
+            }
+        )
+
+    def _receive_volatile(self, payload: dict[str, Any]) -> None:
+        if payload.get("kind") != "typing":
+            return
+        user, room = payload.get("user_id"), payload.get("room_id")
+        if not isinstance(user, str) or not isinstance(room, str):
+            return
+        message = envelope(
+            "success",
+            "typing",
+            user,
+            {"is_typing": bool(payload.get("is_typing"))},
+            room_id=room,
+            timestamp=str(payload.get("timestamp")),
+        )
+        for member in self._members.get(room, ()):
+            if member != user:
+                for session in self._sessions.get(member, ()):
+                    session.deliver(message)

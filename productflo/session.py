@@ -1,0 +1,283 @@
+"""One client connection, whatever the transport: the protocol rules live here, once.
+
+A transport (native WebSocket, Socket.IO) identifies the client, builds a Session over a
+`Transport`, feeds it frames, and tells it when the client went away. The session validates each
+frame, appends what must be appended (before anything else happens to it), answers errors, and
+queues what the hub hands it for a writer task to send.
+
+Lifecycle:  OPEN --(close requested: server, overflow, abuse)--> CLOSING --(writer done)--> CLOSED
+                 \\--------------------(client went away)-------------------------------/
+
+Frames from one connection are handled one at a time, so a client's messages enter the log in the
+order it sent them. The outbound queue is bounded: a client that does not read is closed with
+1013 rather than waited for, and resumes from its last event id (the log has everything).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from productflo import metrics
+from productflo.auth import Claims
+from productflo.envelopes import (
+    AI_CODES,
+    HISTORY_TYPES,
+    MAX_HISTORY_LIMIT,
+    Inbound,
+    InboundCode,
+    envelope,
+    error_envelope,
+    parse_inbound,
+    render_event,
+    welcome,
+)
+from productflo.errors import CloseCode, ErrorCode, ProtocolError, StoreError
+from productflo.events.models import JsonObject, NewEvent, idempotency_key, room_stream, user_stream
+from productflo.hub import Hub
+from productflo.ratelimit import RateLimiter
+from productflo.settings import Settings
+
+log = logging.getLogger(__name__)
+
+_REJECTED_FRAME_KEPT = 2048  # characters of a refused frame kept in the log for audit
+
+
+class Transport(Protocol):
+    """What a session needs from the socket under it."""
+
+    name: str
+
+    async def send(self, message: JsonObject) -> None: ...
+
+    async def close(self, code: int, reason: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class Identity:
+    user_id: str
+    authenticated: bool
+    claims: Claims | None = field(default=None, repr=False)
+
+
+class State(enum.Enum):
+    OPEN = "open"
+    CLOSING = "closing"
+    CLOSED = "closed"
+
+
+@dataclass(frozen=True)
+class _Close:
+    code: int
+    reason: str
+
+
+class Session:
+    def __init__(
+        self, hub: Hub, settings: Settings, identity: Identity, transport: Transport
+    ) -> None:
+        self.id = uuid.uuid4().hex
+        self.identity = identity
+        self.state = State.OPEN
+        self._hub = hub
+        self._settings = settings
+        self._transport = transport
+        self._queue: asyncio.Queue[JsonObject | _Close] = asyncio.Queue(
+            maxsize=settings.outbound_queue_size
+        )
+        self._limiter = RateLimiter(settings.rate_limit)
+        self._writer: asyncio.Task[None] | None = None
+
+    @property
+    def user_id(self) -> str:
+        return self.identity.user_id
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Attach to the hub, then greet: the welcome is the first envelope the client sees."""
+        rooms = await self._hub.attach(self)
+        self._writer = asyncio.create_task(self._write(), name=f"session-writer-{self.id}")
+        details: JsonObject = {
+            "authenticated": self.identity.authenticated,
+            "rooms": sorted(rooms),
+            "log_id": str(self._hub.store.log_id),
+            "last_event_id": self._hub.dispatched,
+        }
+        self._put_first(welcome(self.user_id, details))
+
+    async def finish(self) -> None:
+        """The client is gone: stop delivering, stop writing."""
+        self.state = State.CLOSED
+        self._hub.detach(self)
+        if self._writer is not None:
+            self._writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._writer
+
+    def request_close(self, code: int, reason: str) -> None:
+        """Close after what is already being written; drops what is queued behind it."""
+        if self.state is not State.OPEN:
+            return
+        self.state = State.CLOSING
+        while not self._queue.empty():
+            self._queue.get_nowait()
+        self._queue.put_nowait(_Close(code, reason))
+
+    async def wait_closed(self) -> None:
+        if self._writer is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(self._writer)
+
+    # -- outbound ------------------------------------------------------------------------------
+
+    def deliver(self, message: JsonObject) -> None:
+        """Queue an envelope for the client; never waits. Overflow closes 1013."""
+        if self.state is not State.OPEN:
+            return
+        try:
+            self._queue.put_nowait(message)
+        except asyncio.QueueFull:
+            metrics.SLOW_CLIENTS_DROPPED.inc()
+            self.request_close(CloseCode.TRY_AGAIN_LATER, "too slow; resume with last_event_id")
+
+    def _put_first(self, message: JsonObject) -> None:
+        # Only called before anything else can be queued (open), so there is room.
+        self._queue.put_nowait(message)
+
+    async def _write(self) -> None:
+        while True:
+            item = await self._queue.get()
+            try:
+                if isinstance(item, _Close):
+                    await self._transport.close(item.code, item.reason)
+                    return
+                await self._transport.send(item)
+            except Exception:  # the socket is gone; the receive side will notice
+                log.debug("session %s: send failed", self.id, exc_info=True)
+                return
+
+    # -- inbound -------------------------------------------------------------------------------
+
+    async def receive(self, frame: str | bytes) -> None:
+        """Handle one inbound frame completely before the next."""
+        if self.state is not State.OPEN:
+            return
+        metrics.MESSAGES_RECEIVED.labels(self._transport.name).inc()
+        if len(frame) > self._settings.max_message_bytes:
+            self.request_close(CloseCode.MESSAGE_TOO_BIG, "message too big")
+            return
+        if not self._limiter.admit():
+            metrics.MESSAGES_REJECTED.labels(ErrorCode.RATE_LIMITED).inc()
+            if self._limiter.refused_is_abuse():
+                self.request_close(CloseCode.POLICY_VIOLATION, "rate limit persistently exceeded")
+            else:
+                self._refuse(ProtocolError(ErrorCode.RATE_LIMITED, "Too many messages; slow down"))
+            return
+        try:
+            inbound = parse_inbound(frame, self.user_id)
+        except ProtocolError as error:
+            self._refuse(error)
+            await self._record_rejection(frame, error)
+            return
+        try:
+            await self._handle(inbound)
+        except ProtocolError as error:
+            self._refuse(error)
+            await self._record_rejection(frame, error)
+        except StoreError:
+            self._refuse(
+                ProtocolError(
+                    ErrorCode.FAILED_TO_PROCESS_MESSAGE,
+                    "The message could not be processed; it was not delivered. Try again.",
+                    client_msg_id=inbound.client_msg_id,
+                )
+            )
+
+    def _refuse(self, error: ProtocolError) -> None:
+        metrics.MESSAGES_REJECTED.labels(error.error_code).inc()
+        self.deliver(error_envelope(self.user_id, error))
+
+    async def _handle(self, inbound: Inbound) -> None:
+        assert inbound.room_id is not None  # every code needs a room (parse_inbound)
+        if inbound.code is InboundCode.TYPING:
+            typing = bool(inbound.data.is_typing)
+            await self._hub.publish_typing(self.user_id, inbound.room_id, typing)
+            return
+        if inbound.code is InboundCode.HISTORY:
+            await self._send_history(inbound, inbound.room_id)
+            return
+        results = await self._hub.store.append(self._events_for(inbound, inbound.room_id))
+        last = results[-1]
+        if last.duplicate:
+            # Seen before: answer with the original event, which everyone else already has.
+            rendered = render_event(last.event)
+            if rendered is not None:
+                self.deliver(rendered.envelope)
+        # Otherwise the acknowledgement is the hub delivering the committed event to us.
+
+    def _events_for(self, inbound: Inbound, room_id: str) -> list[NewEvent]:
+        stream = room_stream(room_id)
+        events: list[NewEvent] = []
+        sends = inbound.code is InboundCode.CHAT or inbound.code in AI_CODES
+        if sends and not self._hub.is_member(self.user_id, room_id):
+            events.append(NewEvent(stream, InboundCode.JOIN, {}, self._metadata()))
+        key = (
+            idempotency_key(self.user_id, inbound.client_msg_id)
+            if inbound.client_msg_id is not None
+            else uuid.uuid4()
+        )
+        metadata = self._metadata(inbound)
+        events.append(NewEvent(stream, inbound.code, inbound.data_json(), metadata, key))
+        return events
+
+    def _metadata(self, inbound: Inbound | None = None) -> JsonObject:
+        metadata: JsonObject = {
+            "user_id": self.user_id,
+            "connection_id": self.id,
+            "transport": self._transport.name,
+            "authenticated": self.identity.authenticated,
+        }
+        if inbound is not None and inbound.client_msg_id is not None:
+            metadata["client_msg_id"] = inbound.client_msg_id
+        if inbound is not None and inbound.timestamp is not None:
+            metadata["client_timestamp"] = inbound.timestamp.isoformat()
+        return metadata
+
+    async def _send_history(self, inbound: Inbound, room_id: str) -> None:
+        limit = inbound.data.limit or MAX_HISTORY_LIMIT
+        events = await self._hub.store.read_stream(
+            room_stream(room_id), before=inbound.data.before, limit=limit + 1, types=HISTORY_TYPES
+        )
+        has_more = len(events) > limit
+        page = [r.envelope for e in events[-limit:] if (r := render_event(e)) is not None]
+        data: dict[str, Any] = {"events": page, "has_more": has_more}
+        self.deliver(
+            envelope(
+                "success",
+                "history",
+                self.user_id,
+                data,
+                room_id=room_id,
+                client_msg_id=inbound.client_msg_id,
+            )
+        )
+
+    async def _record_rejection(self, frame: str | bytes, error: ProtocolError) -> None:
+        """Keep a refused message in the log for audit; it is never delivered or replayed."""
+        text = frame if isinstance(frame, str) else frame.decode("utf-8", "replace")
+        data = {
+            "error_code": str(error.error_code),
+            "message": error.message,
+            "frame": text[:_REJECTED_FRAME_KEPT].replace("\x00", "\ufffd"),
+        }
+        event = NewEvent(user_stream(self.user_id), "rejected", data, self._metadata())
+        try:
+            await self._hub.store.append([event])
+        except StoreError:
+            log.warning("could not record a rejected message from %s", self.user_id)

@@ -1,0 +1,140 @@
+"""Native WebSocket: `/ws` (anonymous) and `/ws/secure` (JWT): identify, then run a Session."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import uuid
+from http.cookies import SimpleCookie
+
+from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+from starlette.websockets import WebSocketState
+
+from productflo.auth import TokenVerifier, check_origin, find_token
+from productflo.envelopes import error_envelope
+from productflo.errors import (
+    AuthenticationFailed,
+    CloseCode,
+    ErrorCode,
+    ForbiddenOrigin,
+    ProtocolError,
+)
+from productflo.events.models import JsonObject
+from productflo.hub import Hub
+from productflo.session import Identity, Session
+from productflo.settings import Settings
+
+log = logging.getLogger(__name__)
+
+router = APIRouter()
+
+_ANONYMOUS_ID = re.compile(r"^[A-Za-z0-9_.@:+|=~\-]{1,128}$")
+
+
+class NativeTransport:
+    name = "websocket"
+
+    def __init__(self, websocket: WebSocket) -> None:
+        self._websocket = websocket
+
+    async def send(self, message: JsonObject) -> None:
+        await self._websocket.send_text(json.dumps(message))
+
+    async def close(self, code: int, reason: str) -> None:
+        if self._websocket.application_state is WebSocketState.CONNECTED:
+            await self._websocket.close(code, reason)
+
+
+def anonymous_identity(websocket: WebSocket) -> tuple[str | None, bool]:
+    """The user id a /ws request names (query, header, cookie), and whether a cookie carried it."""
+    for value, from_cookie in (
+        (websocket.query_params.get("user_id"), False),
+        (websocket.headers.get("user-id"), False),
+        (websocket.cookies.get("user_id"), True),
+    ):
+        if value:
+            return value, from_cookie
+    return None, False
+
+
+def generated_user_id() -> str:
+    return f"anon-{uuid.uuid4().hex[:16]}"
+
+
+def user_id_cookie(user_id: str) -> tuple[bytes, bytes]:
+    cookie: SimpleCookie = SimpleCookie()
+    cookie["user_id"] = user_id
+    cookie["user_id"]["path"] = "/"
+    cookie["user_id"]["httponly"] = True
+    cookie["user_id"]["samesite"] = "Lax"
+    return b"set-cookie", cookie.output(header="").strip().encode("latin-1")
+
+
+@router.websocket("/ws")
+async def anonymous_endpoint(websocket: WebSocket) -> None:
+    named, _ = anonymous_identity(websocket)
+    if named is not None and not _ANONYMOUS_ID.match(named):
+        await websocket.accept()
+        error = ProtocolError(ErrorCode.INVALID_MESSAGE, "user_id is not a valid id")
+        await websocket.send_text(json.dumps(error_envelope(named[:128], error)))
+        await websocket.close(CloseCode.POLICY_VIOLATION, "invalid user_id")
+        return
+    user_id = named or generated_user_id()
+    headers = [] if "user_id" in websocket.cookies else [user_id_cookie(user_id)]
+    await websocket.accept(headers=headers)
+    await serve_session(websocket, Identity(user_id=user_id, authenticated=False))
+
+
+@router.websocket("/ws/secure")
+async def secure_endpoint(websocket: WebSocket) -> None:
+    settings: Settings = websocket.app.state.settings
+    verifier: TokenVerifier = websocket.app.state.verifier
+    try:
+        found = find_token(websocket.query_params, websocket.cookies, websocket.headers)
+        if found.from_cookie:
+            check_origin(settings, websocket.headers.get("origin"), websocket.headers.get("host"))
+        claims = verifier.verify(found.token)
+    except AuthenticationFailed as failure:
+        log.info("secure connection refused: %s", failure)
+        code = (
+            CloseCode.FORBIDDEN_ORIGIN
+            if isinstance(failure, ForbiddenOrigin)
+            else CloseCode.AUTHENTICATION_FAILED
+        )
+        await websocket.accept()
+        error = ProtocolError(ErrorCode.AUTHENTICATION_FAILED, "Authentication failed")
+        await websocket.send_text(json.dumps(error_envelope(None, error)))
+        await websocket.close(code, "authentication failed")
+        return
+    await websocket.accept()
+    identity = Identity(user_id=claims.subject, authenticated=True, claims=claims)
+    await serve_session(websocket, identity)
+
+
+async def serve_session(websocket: WebSocket, identity: Identity) -> None:
+    """Run a session over an accepted socket until either side ends it."""
+    hub: Hub = websocket.app.state.hub
+    session = Session(hub, websocket.app.state.settings, identity, NativeTransport(websocket))
+    try:
+        await session.open()
+    except Exception:
+        log.exception("could not open a session for %s", identity.user_id)
+        await websocket.close(CloseCode.INTERNAL_ERROR, "internal error")
+        return
+    try:
+        while True:
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                break
+            frame = message.get("text")
+            if frame is None:
+                frame = message.get("bytes") or b""
+            await session.receive(frame)
+            if session.state is not session.state.OPEN:
+                await session.wait_closed()
+                break
+    except WebSocketDisconnect:
+        pass
+    finally:
+        await session.finish()
