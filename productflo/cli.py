@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from collections.abc import Sequence
+from types import FrameType
 
 from productflo import auth, migrate
 from productflo.database import resolve
@@ -51,8 +53,17 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(0)
+
+
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
+
+    # uvicorn shuts down gracefully on SIGTERM, then raises the signal again to reach the handler
+    # that was there before it. Make that handler a normal exit, so that exit handlers run and
+    # the embedded PostgreSQL this process started is stopped, not orphaned.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
 
     settings = Settings()
     database = resolve(settings)

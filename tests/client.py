@@ -18,9 +18,7 @@ class Client:
         self.welcome = welcome
 
     @classmethod
-    async def open(
-        cls, url: str, *, expect_welcome: bool = True, **options: Any
-    ) -> Client:
+    async def open(cls, url: str, *, expect_welcome: bool = True, **options: Any) -> Client:
         connection = await connect(url, open_timeout=TIMEOUT, **options)
         client = cls(connection, None)
         if expect_welcome:
@@ -73,8 +71,14 @@ class Client:
             return closed.rcvd.code if closed.rcvd else None
 
     async def chat(self, room: str, text: str, **extra: Any) -> None:
-        await self.send({"code": "chat", "room_id": room,
-                         "data": {"message": text, "sender": self.user_id}, **extra})
+        await self.send(
+            {
+                "code": "chat",
+                "room_id": room,
+                "data": {"message": text, "sender": self.user_id},
+                **extra,
+            }
+        )
 
     async def close(self) -> None:
         await self.connection.close()

@@ -44,8 +44,11 @@ def postgres_root() -> Iterator[DatabaseUrl]:
         yield DatabaseUrl.parse(given)
         return
     with tempfile.TemporaryDirectory(prefix="productflo-test-") as directory:
-        settings = Settings(data_dir=Path(directory), database_url=None)
-        yield DatabaseUrl.parse(start_embedded(settings))
+        embedded = start_embedded(Settings(data_dir=Path(directory), database_url=None))
+        try:
+            yield embedded.url
+        finally:
+            embedded.stop()
 
 
 def _with_database(url: DatabaseUrl, name: str) -> DatabaseUrl:
@@ -78,7 +81,9 @@ def template_database(postgres_root: DatabaseUrl) -> DatabaseUrl:
 
 
 @pytest.fixture
-def database_url(postgres_root: DatabaseUrl, template_database: DatabaseUrl) -> Iterator[DatabaseUrl]:
+def database_url(
+    postgres_root: DatabaseUrl, template_database: DatabaseUrl
+) -> Iterator[DatabaseUrl]:
     """A freshly migrated database of this test's own."""
     name = f"productflo_test_{os.getpid()}_{next(_counter)}"
     asyncio.run(_admin(postgres_root, f"CREATE DATABASE {name} TEMPLATE {TEMPLATE}"))

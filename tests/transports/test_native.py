@@ -1,0 +1,369 @@
+"""The anonymous endpoint /ws, driven by a real WebSocket client against a real server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+
+from productflo.envelopes import WELCOME_MESSAGE
+from tests.conftest import ServerThread
+
+pytestmark = pytest.mark.anyio
+
+
+async def _events(server: ServerThread) -> list[asyncpg.Record]:
+    connection = await asyncpg.connect(server.database.dsn)
+    try:
+        return list(await connection.fetch("SELECT * FROM events ORDER BY position"))
+    finally:
+        await connection.close()
+
+
+def error_code(message: dict[str, Any]) -> str:
+    assert message["status"] == "error", message
+    assert message["code"] == "system"
+    code: str = message["data"]["details"]["error_code"]
+    return code
+
+
+# -- identity and welcome -------------------------------------------------------------------------
+
+
+async def test_welcome_is_the_seed_shape_with_the_connections_user(connect: Any) -> None:
+    client = await connect("/ws?user_id=user-123")
+    welcome = client.welcome
+    assert welcome["status"] == "success"
+    assert welcome["code"] == "system"
+    assert welcome["user_id"] == "user-123"
+    assert welcome["data"]["message"] == WELCOME_MESSAGE
+    assert welcome["data"]["details"]["user_id"] == "user-123"
+    assert welcome["data"]["details"]["timestamp"].endswith("Z")
+
+
+async def test_identity_precedence_is_query_then_header_then_cookie(connect: Any) -> None:
+    both = {"User-ID": "from-header", "Cookie": "user_id=from-cookie"}
+    assert (await connect("/ws?user_id=from-query", additional_headers=both)).user_id == (
+        "from-query"
+    )
+    assert (await connect("/ws", additional_headers=both)).user_id == "from-header"
+    cookie_only = {"Cookie": "user_id=from-cookie"}
+    assert (await connect("/ws", additional_headers=cookie_only)).user_id == "from-cookie"
+
+
+async def test_a_generated_id_is_set_as_cookie_when_none_was_sent(connect: Any) -> None:
+    client = await connect("/ws")
+    cookie = client.connection.response.headers["set-cookie"]
+    assert cookie.startswith(f"user_id={client.user_id};")
+    for attribute in ("Path=/", "HttpOnly", "SameSite=Lax"):
+        assert attribute in cookie
+    again = await connect("/ws", additional_headers={"Cookie": f"user_id={client.user_id}"})
+    assert again.user_id == client.user_id
+    assert "set-cookie" not in again.connection.response.headers
+
+
+async def test_an_invalid_user_id_is_refused_with_1008(connect: Any) -> None:
+    client = await connect("/ws?user_id=a%20b%3Bc", expect_welcome=False)
+    assert error_code(await client.recv()) == "INVALID_MESSAGE"
+    assert await client.closed_with() == 1008
+
+
+# -- chat ---------------------------------------------------------------------------------------
+
+
+async def test_chat_reaches_every_member_and_the_senders_copy_is_its_ack(connect: Any) -> None:
+    alice = await connect("/ws?user_id=alice")
+    bob = await connect("/ws?user_id=bob")
+    carol = await connect("/ws?user_id=carol")  # not in the room
+    await bob.send({"code": "join", "room_id": "design"})
+    await bob.recv_code("system")
+    await alice.chat("design", "Has anyone reviewed the latest design update?")
+
+    ack = await alice.recv_code("chat_response")
+    seen = await bob.recv_code("chat_response")
+    assert ack == seen
+    assert ack["status"] == "success"
+    assert ack["user_id"] == "alice"
+    assert ack["room_id"] == "design"
+    assert ack["data"] == {
+        "message": "Has anyone reviewed the latest design update?",
+        "sender": "alice",
+    }
+    assert isinstance(ack["event_id"], int) and ack["event_id"] > 0
+    assert await carol.nothing_within(0.5)
+
+
+async def test_event_ids_grow_in_the_order_a_client_sent(connect: Any) -> None:
+    alice = await connect("/ws?user_id=alice")
+    for n in range(20):
+        await alice.chat("r", f"m{n}")
+    acks = [await alice.recv_code("chat_response") for _ in range(20)]
+    assert [a["data"]["message"] for a in acks] == [f"m{n}" for n in range(20)]
+    ids = [a["event_id"] for a in acks]
+    assert ids == sorted(ids) and len(set(ids)) == 20
+
+
+async def test_client_msg_id_is_echoed_and_a_resend_is_not_stored_twice(
+    connect: Any, server: ServerThread
+) -> None:
+    alice = await connect("/ws?user_id=alice")
+    bob = await connect("/ws?user_id=bob")
+    await bob.send({"code": "join", "room_id": "r"})
+    await bob.recv_code("system")
+    await alice.chat("r", "once", client_msg_id="msg-1")
+    first = await alice.recv_code("chat_response")
+    assert first["client_msg_id"] == "msg-1"
+    await bob.recv_code("chat_response")
+
+    await alice.chat("r", "once", client_msg_id="msg-1")
+    again = await alice.recv_code("chat_response")
+    assert again["event_id"] == first["event_id"]
+    assert again["client_msg_id"] == "msg-1"
+    assert await bob.nothing_within(0.5), "a resend must not be delivered again"
+    chats = [e for e in await _events(server) if e["type"] == "chat"]
+    assert len(chats) == 1
+
+
+async def test_the_same_client_msg_id_from_another_user_is_another_message(
+    connect: Any,
+) -> None:
+    alice = await connect("/ws?user_id=alice")
+    bob = await connect("/ws?user_id=bob")
+    await alice.chat("r", "from alice", client_msg_id="x")
+    await bob.chat("r", "from bob", client_msg_id="x")
+    a = await alice.recv_code("chat_response")
+    b = await bob.recv_until(lambda m: m.get("user_id") == "bob" and m["code"] == "chat_response")
+    assert a["event_id"] != b["event_id"]
+
+
+# -- membership ---------------------------------------------------------------------------------
+
+
+async def test_membership_is_restored_when_the_user_reconnects(connect: Any) -> None:
+    bob = await connect("/ws?user_id=bob")
+    await bob.send({"code": "join", "room_id": "kept"})
+    await bob.send({"code": "join", "room_id": "left"})
+    await bob.send({"code": "leave", "room_id": "left"})
+    left = await bob.recv_until(lambda m: m["data"].get("details", {}).get("action") == "leave")
+    assert left["room_id"] == "left"
+    await bob.close()
+
+    bob = await connect("/ws?user_id=bob")
+    assert bob.welcome["data"]["details"]["rooms"] == ["kept"]
+    alice = await connect("/ws?user_id=alice")
+    await alice.chat("kept", "still here?")
+    await alice.chat("left", "gone?")
+    message = await bob.recv_code("chat_response")
+    assert message["data"]["message"] == "still here?"
+    assert await bob.nothing_within(0.5)
+
+
+async def test_sending_to_a_room_joins_it(connect: Any) -> None:
+    alice = await connect("/ws?user_id=alice")
+    bob = await connect("/ws?user_id=bob")
+    await bob.chat("new-room", "first")
+    joined = await bob.recv_code("system")
+    assert joined["data"]["details"] == {"action": "join", "user_id": "bob", "room_id": "new-room"}
+    await bob.recv_code("chat_response")
+    await alice.chat("new-room", "hello bob")
+    reply = await bob.recv_code("chat_response")
+    assert reply["user_id"] == "alice"
+
+
+async def test_after_leave_a_user_receives_nothing_from_the_room(connect: Any) -> None:
+    alice = await connect("/ws?user_id=alice")
+    bob = await connect("/ws?user_id=bob")
+    await bob.send({"code": "join", "room_id": "r"})
+    await bob.send({"code": "leave", "room_id": "r"})
+    await bob.recv_until(lambda m: m["data"].get("details", {}).get("action") == "leave")
+    await alice.chat("r", "anyone?")
+    await alice.recv_code("chat_response")
+    assert await bob.nothing_within(0.5)
+
+
+async def test_membership_is_shared_by_a_users_connections(connect: Any) -> None:
+    phone = await connect("/ws?user_id=bob")
+    laptop = await connect("/ws?user_id=bob")
+    alice = await connect("/ws?user_id=alice")
+    await phone.send({"code": "join", "room_id": "r"})
+    await laptop.recv_code("system")  # the join, seen on the other device too
+    await alice.chat("r", "both devices")
+    assert (await phone.recv_code("chat_response"))["data"]["message"] == "both devices"
+    assert (await laptop.recv_code("chat_response"))["data"]["message"] == "both devices"
+
+
+# -- typing -------------------------------------------------------------------------------------
+
+
+async def test_typing_reaches_the_other_members_and_is_not_stored(
+    connect: Any, server: ServerThread
+) -> None:
+    alice = await connect("/ws?user_id=alice")
+    bob = await connect("/ws?user_id=bob")
+    await bob.send({"code": "join", "room_id": "r"})
+    await alice.send({"code": "join", "room_id": "r"})
+    await bob.recv_until(lambda m: m["user_id"] == "alice")
+    await alice.recv_until(lambda m: m["user_id"] == "alice")
+    stored = len(await _events(server))
+
+    await alice.send({"code": "typing", "room_id": "r", "data": {"is_typing": True}})
+    typing = await bob.recv_code("typing")
+    assert typing["user_id"] == "alice"
+    assert typing["room_id"] == "r"
+    assert typing["data"] == {"is_typing": True}
+    assert "event_id" not in typing
+    assert await alice.nothing_within(0.3), "the typist does not get their own typing"
+    assert len(await _events(server)) == stored
+
+
+# -- errors -------------------------------------------------------------------------------------
+
+ERROR_CASES = [
+    ("not json", "INVALID_JSON"),
+    ("[1, 2]", "INVALID_JSON"),
+    ('"a string"', "INVALID_JSON"),
+    ('{"room_id": "r", "data": {}}', "MESSAGE_CODE_REQUIRED"),
+    ('{"code": "dance", "room_id": "r"}', "UNSUPPORTED_MESSAGE_TYPE"),
+    ('{"code": "chat_response", "room_id": "r"}', "UNSUPPORTED_MESSAGE_TYPE"),
+    ('{"code": "notification", "room_id": "r"}', "UNSUPPORTED_MESSAGE_TYPE"),
+    ('{"code": "chat", "data": {"message": "x"}}', "ROOM_ID_REQUIRED"),
+    ('{"code": "join"}', "ROOM_ID_REQUIRED"),
+    ('{"code": "chat", "room_id": "r", "data": "text"}', "INVALID_MESSAGE"),
+    ('{"code": "chat", "room_id": "r", "data": {"message": 5}}', "INVALID_MESSAGE"),
+    ('{"code": "chat", "room_id": 7, "data": {}}', "INVALID_MESSAGE"),
+    ('{"code": 3, "room_id": "r"}', "INVALID_MESSAGE"),
+    ('{"code": "chat", "room_id": "r", "client_msg_id": ""}', "INVALID_MESSAGE"),
+    ('{"code": "chat", "room_id": "r", "client_msg_id": "' + "x" * 65 + '"}', "INVALID_MESSAGE"),
+    ('{"code": "chat", "room_id": "r", "timestamp": "yesterday"}', "INVALID_MESSAGE"),
+    ('{"code": "chat", "room_id": "r", "data": {"message": "a\\u0000b"}}', "INVALID_MESSAGE"),
+    ('{"code": "history", "room_id": "r", "data": {"limit": 101}}', "INVALID_MESSAGE"),
+    ('{"code": "chat", "room_id": "r", "user_id": "mallory"}', "USER_ID_MISMATCH"),
+]
+
+
+@pytest.mark.parametrize(("frame", "expected"), ERROR_CASES)
+async def test_bad_messages_get_their_error_code_and_the_connection_stays_open(
+    connect: Any, server: ServerThread, frame: str, expected: str
+) -> None:
+    alice = await connect("/ws?user_id=alice")
+    await alice.send(frame)
+    error = await alice.recv()
+    assert error_code(error) == expected
+    assert error["user_id"] == "alice"
+    assert error["data"]["details"]["message"] == error["data"]["message"]
+    # still open and working
+    await alice.chat("r", "still here")
+    assert (await alice.recv_code("chat_response"))["data"]["message"] == "still here"
+    rejected = [e for e in await _events(server) if e["type"] == "rejected"]
+    assert [json.loads(e["data"])["error_code"] for e in rejected] == [expected]
+    assert [e["type"] for e in await _events(server) if e["type"] not in ("rejected", "join")] == [
+        "chat"
+    ]
+
+
+async def test_an_error_answer_carries_the_client_msg_id(connect: Any) -> None:
+    alice = await connect("/ws?user_id=alice")
+    await alice.send({"code": "chat", "client_msg_id": "c-9", "data": {}})
+    error = await alice.recv()
+    assert error_code(error) == "ROOM_ID_REQUIRED"
+    assert error["client_msg_id"] == "c-9"
+
+
+async def test_rejected_messages_are_never_delivered_to_anyone(connect: Any) -> None:
+    alice = await connect("/ws?user_id=alice")
+    bob = await connect("/ws?user_id=bob")
+    await bob.send({"code": "join", "room_id": "r"})
+    await bob.recv_code("system")
+    await alice.send({"code": "chat", "room_id": "r", "user_id": "bob", "data": {"message": "x"}})
+    assert error_code(await alice.recv()) == "USER_ID_MISMATCH"
+    assert await bob.nothing_within(0.5)
+
+
+async def test_a_frame_over_the_size_limit_closes_1009(connect: Any) -> None:
+    alice = await connect("/ws?user_id=alice")
+    await alice.send(json.dumps({"code": "chat", "room_id": "r", "data": {"message": "x" * 70000}}))
+    assert await alice.closed_with() == 1009
+
+
+async def test_over_the_rate_limit_is_refused_and_not_stored(
+    connect: Any, server: ServerThread
+) -> None:
+    alice = await connect("/ws?user_id=alice")
+    burst = int(2 * server.settings.rate_limit)
+    for n in range(burst + 20):
+        await alice.chat("r", f"m{n}")
+    answers = [
+        await alice.recv_until(lambda m: m["code"] != "system" or m["status"] == "error")
+        for _ in range(burst + 20)
+    ]
+    limited = [a for a in answers if a["status"] == "error"]
+    assert limited and all(error_code(a) == "RATE_LIMITED" for a in limited)
+    chats = [e for e in await _events(server) if e["type"] == "chat"]
+    assert len(chats) == len(answers) - len(limited)
+    assert not [e for e in await _events(server) if e["type"] == "rejected"]
+
+
+async def test_persistent_flooding_closes_1008(connect: Any, server: ServerThread) -> None:
+    alice = await connect("/ws?user_id=alice")
+    flood = json.dumps({"code": "typing", "room_id": "r", "data": {"is_typing": True}})
+    rate = server.settings.rate_limit
+    for _ in range(int(2 * rate + 10 * rate + 10)):
+        await alice.send(flood)
+    assert await alice.closed_with() == 1008
+
+
+# -- the database going away ----------------------------------------------------------------------
+
+
+async def _cut_database(server: ServerThread, allow: bool) -> None:
+    parts = urlsplit(server.database.dsn)
+    name = parts.path.lstrip("/")
+    admin = await asyncpg.connect(urlunsplit(parts._replace(path="/postgres")))
+    try:
+        await admin.execute(f"ALTER DATABASE {name} ALLOW_CONNECTIONS {str(allow).lower()}")
+        if not allow:
+            await admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", name
+            )
+    finally:
+        await admin.close()
+
+
+async def test_with_the_database_down_nothing_is_acknowledged_or_delivered(
+    connect: Any, server: ServerThread
+) -> None:
+    alice = await connect("/ws?user_id=alice")
+    bob = await connect("/ws?user_id=bob")
+    await bob.send({"code": "join", "room_id": "r"})
+    await bob.recv_code("system")
+    await alice.chat("r", "before")
+    await alice.recv_code("chat_response")
+    await bob.recv_code("chat_response")
+
+    await _cut_database(server, allow=False)
+    try:
+        await alice.chat("r", "during", client_msg_id="during-1")
+        error = await alice.recv_code("system", timeout=30)
+        assert error_code(error) == "FAILED_TO_PROCESS_MESSAGE"
+        assert error["client_msg_id"] == "during-1"
+        assert "asyncpg" not in json.dumps(error) and "postgres" not in json.dumps(error).lower()
+        assert await bob.nothing_within(1.0)
+    finally:
+        await _cut_database(server, allow=True)
+
+    # It recovers by itself; the resend is stored once.
+    async with asyncio.timeout(30):
+        while True:
+            await alice.chat("r", "during", client_msg_id="during-1")
+            answer = await alice.recv()
+            if answer["code"] == "chat_response":
+                break
+            assert error_code(answer) == "FAILED_TO_PROCESS_MESSAGE"
+            await asyncio.sleep(0.2)
+    assert (await bob.recv_code("chat_response"))["data"]["message"] == "during"
+    chats = [e for e in await _events(server) if e["type"] == "chat"]
+    assert [json.loads(e["data"])["message"] for e in chats] == ["before", "during"]
