@@ -80,5 +80,17 @@ class Client:
             }
         )
 
+    async def join(self, room: str) -> dict[str, Any]:
+        """Join a room and wait for this user's own join to come back from the log."""
+        await self.send({"code": "join", "room_id": room})
+        return await self.recv_until(
+            lambda m: (
+                m["code"] == "system"
+                and m["room_id"] == room
+                and m["data"].get("details", {}).get("action") == "join"
+                and m["user_id"] == self.user_id
+            )
+        )
+
     async def close(self) -> None:
         await self.connection.close()

@@ -79,8 +79,7 @@ async def test_chat_reaches_every_member_and_the_senders_copy_is_its_ack(connect
     alice = await connect("/ws?user_id=alice")
     bob = await connect("/ws?user_id=bob")
     carol = await connect("/ws?user_id=carol")  # not in the room
-    await bob.send({"code": "join", "room_id": "design"})
-    await bob.recv_code("system")
+    await bob.join("design")
     await alice.chat("design", "Has anyone reviewed the latest design update?")
 
     ack = await alice.recv_code("chat_response")
@@ -112,8 +111,7 @@ async def test_client_msg_id_is_echoed_and_a_resend_is_not_stored_twice(
 ) -> None:
     alice = await connect("/ws?user_id=alice")
     bob = await connect("/ws?user_id=bob")
-    await bob.send({"code": "join", "room_id": "r"})
-    await bob.recv_code("system")
+    await bob.join("r")
     await alice.chat("r", "once", client_msg_id="msg-1")
     first = await alice.recv_code("chat_response")
     assert first["client_msg_id"] == "msg-1"
@@ -276,8 +274,7 @@ async def test_an_error_answer_carries_the_client_msg_id(connect: Any) -> None:
 async def test_rejected_messages_are_never_delivered_to_anyone(connect: Any) -> None:
     alice = await connect("/ws?user_id=alice")
     bob = await connect("/ws?user_id=bob")
-    await bob.send({"code": "join", "room_id": "r"})
-    await bob.recv_code("system")
+    await bob.join("r")
     await alice.send({"code": "chat", "room_id": "r", "user_id": "bob", "data": {"message": "x"}})
     assert error_code(await alice.recv()) == "USER_ID_MISMATCH"
     assert await bob.nothing_within(0.5)
@@ -338,8 +335,7 @@ async def test_with_the_database_down_nothing_is_acknowledged_or_delivered(
 ) -> None:
     alice = await connect("/ws?user_id=alice")
     bob = await connect("/ws?user_id=bob")
-    await bob.send({"code": "join", "room_id": "r"})
-    await bob.recv_code("system")
+    await bob.join("r")
     await alice.chat("r", "before")
     await alice.recv_code("chat_response")
     await bob.recv_code("chat_response")
