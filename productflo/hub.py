@@ -102,7 +102,10 @@ class Hub:
             batch = await self._tailer.next_batch()
             async with self._lock:
                 for event in batch:
-                    self._dispatch(event)
+                    try:
+                        self._dispatch(event)
+                    except Exception:  # one event must not stop delivery for everyone
+                        log.exception("could not dispatch event %d", event.position)
                 self.dispatched = batch[-1].position
 
     def _dispatch(self, event: RecordedEvent) -> None:

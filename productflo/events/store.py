@@ -53,11 +53,13 @@ COMMAND_TIMEOUT = 10.0
 
 _COLUMNS = "position, event_id, stream, version, type, data, metadata, recorded_at"
 
-# Errors that say the connection, not the request, is at fault.
+# Errors that say the connection, not the request, is at fault. InternalClientError is what
+# asyncpg raises when the server ended a session between two of its protocol steps.
 _CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
     TimeoutError,
     asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
     asyncpg.PostgresConnectionError,
     asyncpg.CannotConnectNowError,
     asyncpg.OperatorInterventionError,
@@ -187,8 +189,14 @@ class EventStore:
             if any(not request.events for request in batch):
                 stopping = True
                 batch = [request for request in batch if request.events]
-            if batch:
+            if not batch:
+                continue
+            try:
                 await self._commit_batch(batch)
+            except Exception:  # the appender must outlive any one batch
+                log.exception("appender: unexpected failure")
+                for request in batch:
+                    _fail(request, StoreUnavailable("the append failed"))
 
     async def _commit_batch(self, batch: list[_Request]) -> None:
         try:
@@ -234,6 +242,12 @@ class EventStore:
                 self._append_connection = None
                 raise StoreUnavailable("the database connection was lost") from error
             raise StoreError("append refused by the database") from error
+        except Exception as error:
+            # The driver in a state it cannot explain (e.g. the server ended the session between
+            # two statements): never trust that connection again.
+            log.warning("append failed: %r", error)
+            await self._drop_append_connection()
+            raise StoreUnavailable("the database connection failed") from error
 
     async def _appending_connection(self) -> asyncpg.Connection:
         if self._append_connection is None or self._append_connection.is_closed():
