@@ -1,0 +1,99 @@
+"""The seed document's JavaScript examples, unchanged, in Node against a real server.
+
+`tests/js/seed_native.js` holds the native WebSocket examples verbatim and a harness standing in for
+the browser (see its header). It prints every console.log call of the example as one JSON array per
+line: `["Connection established"]`, `["Received:", {...envelope...}]`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from productflo.auth import mint
+from productflo.envelopes import WELCOME_MESSAGE
+from tests.conftest import ServerThread
+
+JS = Path(__file__).resolve().parent / "js"
+SCRIPT = JS / "seed_native.js"
+SEED_USER = "user-123"
+SEED_ROOM = "product-456"
+NODE_TIMEOUT = 30.0
+
+
+def node() -> str:
+    """The node executable and installed packages, or a failure that says how to get them."""
+    executable = shutil.which("node")
+    if executable is None:
+        pytest.fail("node is not on PATH: the seed's JavaScript examples need Node.js 20+")
+    if not (JS / "node_modules" / "ws").is_dir():
+        pytest.fail(
+            f"{JS / 'node_modules'} is missing: run `make test`, or `npm ci` in {JS}",
+            pytrace=False,
+        )
+    return executable
+
+
+def run_example(server: ServerThread, scenario: str, text: str) -> list[list[Any]]:
+    """Run one example to completion; return what it printed (the harness's JSON lines)."""
+    env = {
+        **os.environ,
+        "PRODUCTFLO_TEST_ORIGIN": server.ws,
+        "PRODUCTFLO_TEST_TOKEN": mint(server.settings, SEED_USER),
+        "PRODUCTFLO_TEST_TIMEOUT_MS": "10000",
+    }
+    completed = subprocess.run(
+        [node(), str(SCRIPT), scenario, text],
+        cwd=JS,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=NODE_TIMEOUT,
+        check=False,
+    )
+    assert completed.returncode == 0, (
+        f"node exited {completed.returncode}\nstderr:\n{completed.stderr}\n"
+        f"stdout:\n{completed.stdout}"
+    )
+    return [json.loads(line) for line in completed.stdout.splitlines() if line.strip()]
+
+
+def received(printed: list[list[Any]]) -> list[dict[str, Any]]:
+    return [args[1] for args in printed if args and args[0] == "Received:"]
+
+
+@pytest.mark.parametrize(
+    ("scenario", "opened"),
+    [
+        ("standard", "Connection established"),
+        ("secure", "Authenticated connection established"),
+    ],
+)
+def test_seed_example_chats_in_its_room(server: ServerThread, scenario: str, opened: str) -> None:
+    text = f"Has anyone reviewed the latest design update? {uuid.uuid4().hex}"
+    printed = run_example(server, scenario, text)
+
+    assert [opened] in printed, printed
+    messages = received(printed)
+    welcome = messages[0]
+    assert welcome["status"] == "success"
+    assert welcome["code"] == "system"
+    assert welcome["data"]["message"] == WELCOME_MESSAGE
+    assert welcome["data"]["details"]["user_id"] == SEED_USER
+
+    answers = [m for m in messages if m["code"] == "chat_response"]
+    assert len(answers) == 1, messages
+    answer = answers[0]
+    assert answer["status"] == "success"
+    assert answer["user_id"] == SEED_USER
+    assert answer["room_id"] == SEED_ROOM
+    assert answer["data"] == {"message": text, "sender": SEED_USER}
+    assert isinstance(answer["event_id"], int) and answer["event_id"] > 0
+    assert not [m for m in messages if m["status"] == "error"], messages
