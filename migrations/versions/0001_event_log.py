@@ -33,12 +33,8 @@ def upgrade() -> None:
         )
         """
     )
+    # Every index is paid for on every append: only those the readers need.
     op.execute("CREATE INDEX events_stream_position ON events (stream, position)")
-    op.execute(
-        "CREATE INDEX events_user_position ON events ((metadata->>'user_id'), position)"
-    )
-    op.execute("CREATE INDEX events_type_position ON events (type, position)")
-    op.execute("CREATE INDEX events_recorded_at ON events (recorded_at)")
 
     op.execute(
         """

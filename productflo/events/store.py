@@ -8,7 +8,8 @@ its cursor past 7, and never sees 7 once it commits. Marten, Message DB and the 
 eventsourcing library all shipped that bug once.
 
 So every append transaction first locks the single row of `log_head` (`SELECT ... FOR UPDATE`),
-takes the next positions from it, inserts, moves the head and commits. The row lock is released
+takes the next positions from it, inserts, moves the head and commits (all inside the SQL function
+`append_events()`, migration 0003, so that a batch is one round trip). The row lock is released
 only after the commit is visible, so the transaction holding positions 8.. cannot even start
 inserting before the one holding 7 has committed: commit order equals position order, positions
 have no holes (a rolled-back transaction rolls the head back too), and a reader can never see 8
@@ -32,9 +33,8 @@ import contextlib
 import json
 import logging
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -49,6 +49,7 @@ NOTIFY_CHANNEL = "productflo_events"
 # Signals that are delivered to every process but never stored (typing).
 VOLATILE_CHANNEL = "productflo_volatile"
 MAX_BATCH_EVENTS = 2000
+APPEND_LANES = 2
 COMMAND_TIMEOUT = 10.0
 
 _COLUMNS = "position, event_id, stream, version, type, data, metadata, recorded_at"
@@ -87,7 +88,7 @@ async def connect(dsn: str) -> asyncpg.Connection:
     return connection
 
 
-def _record(row: asyncpg.Record) -> RecordedEvent:
+def _record(row: asyncpg.Record | Mapping[str, Any]) -> RecordedEvent:
     return RecordedEvent(
         position=row["position"],
         event_id=row["event_id"],
@@ -116,7 +117,10 @@ class EventStore:
         self._pool: asyncpg.Pool | None = None
         self._queue: asyncio.Queue[_Request] = asyncio.Queue()
         self._appender: asyncio.Task[None] | None = None
-        self._append_connection: asyncpg.Connection | None = None
+        self._free_lanes: asyncio.Queue[_Lane] = asyncio.Queue()
+        for _ in range(APPEND_LANES):
+            self._free_lanes.put_nowait(_Lane(dsn))
+        self._in_flight: set[asyncio.Task[None]] = set()
         self._listener: asyncio.Task[None] | None = None
         self._wake_listeners: set[Callable[[], None]] = set()
         self._commit_listeners: list[CommitListener] = []
@@ -151,8 +155,8 @@ class EventStore:
             self._listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._listener
-        if self._append_connection is not None:
-            await self._append_connection.close()
+        while not self._free_lanes.empty():
+            self._free_lanes.get_nowait().close()
         if self._pool is not None:
             await self._pool.close()
 
@@ -175,12 +179,18 @@ class EventStore:
         return await asyncio.shield(request.future)
 
     def on_commit(self, listener: CommitListener) -> None:
-        """Call `listener` with each batch this process commits, in commit order, right after."""
+        """Call `listener` with each batch this process commits, right after its commit.
+
+        With two lanes, batches can be reported out of position order: listeners that need
+        order (the tailer) check continuity themselves.
+        """
         self._commit_listeners.append(listener)
 
     async def _append_loop(self) -> None:
         stopping = False
         while not stopping:
+            # A lane first: while both are busy, requests pile up into the next batch.
+            lane = await self._free_lanes.get()
             batch = [await self._queue.get()]
             size = len(batch[0].events)
             while size < MAX_BATCH_EVENTS and not self._queue.empty():
@@ -190,18 +200,27 @@ class EventStore:
                 stopping = True
                 batch = [request for request in batch if request.events]
             if not batch:
+                self._free_lanes.put_nowait(lane)
                 continue
-            try:
-                await self._commit_batch(batch)
-            except Exception:  # the appender must outlive any one batch
-                log.exception("appender: unexpected failure")
-                for request in batch:
-                    _fail(request, StoreUnavailable("the append failed"))
+            task = asyncio.create_task(self._commit_on(lane, batch))
+            self._in_flight.add(task)
+            task.add_done_callback(self._in_flight.discard)
+        await asyncio.gather(*self._in_flight)
 
-    async def _commit_batch(self, batch: list[_Request]) -> None:
+    async def _commit_on(self, lane: _Lane, batch: list[_Request]) -> None:
+        try:
+            await self._commit_batch(lane, batch)
+        except Exception:  # the appender must outlive any one batch
+            log.exception("appender: unexpected failure")
+            for request in batch:
+                _fail(request, StoreUnavailable("the append failed"))
+        finally:
+            self._free_lanes.put_nowait(lane)
+
+    async def _commit_batch(self, lane: _Lane, batch: list[_Request]) -> None:
         try:
             with metrics.APPEND_SECONDS.time():
-                outcome = await self._write([event for r in batch for event in r.events])
+                outcome = await lane.write([event for r in batch for event in r.events])
         except StoreUnavailable as error:
             for request in batch:
                 _fail(request, error)
@@ -210,7 +229,7 @@ class EventStore:
             if len(batch) > 1:
                 # One request's data is at fault: isolate it so its neighbours still commit.
                 for request in batch:
-                    await self._commit_batch([request])
+                    await self._commit_batch(lane, [request])
             else:
                 _fail(batch[0], StoreError("the event could not be stored"))
             return
@@ -227,37 +246,6 @@ class EventStore:
             metrics.APPEND_BATCH_SIZE.observe(len(outcome.new))
             for listener in self._commit_listeners:
                 listener(outcome.new)
-
-    async def _write(self, events: list[NewEvent]) -> _Outcome:
-        connection = await self._appending_connection()
-        try:
-            async with connection.transaction():
-                return await _append_in_transaction(connection, events)
-        except _CONNECTION_ERRORS as error:
-            await self._drop_append_connection()
-            raise StoreUnavailable("the database is unreachable") from error
-        except asyncpg.PostgresError as error:
-            log.warning("append failed: %s", error.__class__.__name__)
-            if connection.is_closed():
-                self._append_connection = None
-                raise StoreUnavailable("the database connection was lost") from error
-            raise StoreError("append refused by the database") from error
-        except Exception as error:
-            # The driver in a state it cannot explain (e.g. the server ended the session between
-            # two statements): never trust that connection again.
-            log.warning("append failed: %r", error)
-            await self._drop_append_connection()
-            raise StoreUnavailable("the database connection failed") from error
-
-    async def _appending_connection(self) -> asyncpg.Connection:
-        if self._append_connection is None or self._append_connection.is_closed():
-            self._append_connection = await connect(self._dsn)
-        return self._append_connection
-
-    async def _drop_append_connection(self) -> None:
-        connection, self._append_connection = self._append_connection, None
-        if connection is not None:
-            connection.terminate()
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -369,80 +357,88 @@ class EventStore:
             self._wake_all()
 
 
+class _Lane:
+    """One appending connection. Two lanes let a batch travel to the database while the one
+    before it holds the head lock; the lock still orders their commits."""
+
+    def __init__(self, dsn: str) -> None:
+        self._dsn = dsn
+        self._connection: asyncpg.Connection | None = None
+
+    async def write(self, events: list[NewEvent]) -> _Outcome:
+        connection = await self._connect()
+        try:
+            return await append_batch(connection, events)
+        except _CONNECTION_ERRORS as error:
+            self.close()
+            raise StoreUnavailable("the database is unreachable") from error
+        except asyncpg.PostgresError as error:
+            log.warning("append failed: %s", error.__class__.__name__)
+            if connection.is_closed():
+                self.close()
+                raise StoreUnavailable("the database connection was lost") from error
+            raise StoreError("append refused by the database") from error
+        except Exception as error:
+            # The driver in a state it cannot explain (e.g. the server ended the session between
+            # two statements): never trust that connection again.
+            log.warning("append failed: %r", error)
+            self.close()
+            raise StoreUnavailable("the database connection failed") from error
+
+    async def _connect(self) -> asyncpg.Connection:
+        if self._connection is None or self._connection.is_closed():
+            self._connection = await connect(self._dsn)
+        return self._connection
+
+    def close(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            connection.terminate()
+
+
 @dataclass
 class _Outcome:
     results: list[AppendResult]
     new: list[RecordedEvent]
 
 
-async def _append_in_transaction(
-    connection: asyncpg.Connection, events: list[NewEvent]
-) -> _Outcome:
-    # The row lock that makes commit order equal position order (module docstring).
-    head_row = await connection.fetchrow("SELECT position, now() AS now FROM log_head FOR UPDATE")
-    assert head_row is not None
-    head: int = head_row["position"]
-    now: datetime = head_row["now"]
+async def append_batch(connection: asyncpg.Connection, events: list[NewEvent]) -> _Outcome:
+    """Append a batch with `append_events()` (migration 0003): one statement, one round trip.
 
-    known = {
-        row["event_id"]: _record(row)
-        for row in await connection.fetch(
-            f"SELECT {_COLUMNS} FROM events WHERE event_id = ANY($1::uuid[])",
-            [event.event_id for event in events],
-        )
-    }
-    versions: dict[str, int] = {
-        row["stream"]: row["version"]
-        for row in await connection.fetch(
-            """
-            SELECT s AS stream,
-                   coalesce((SELECT max(version) FROM events WHERE stream = s), 0) AS version
-            FROM unnest($1::text[]) AS s
-            """,
-            list({event.stream for event in events}),
-        )
-    }
-
+    Called outside a transaction, the statement is its own transaction: the head lock is taken
+    and released inside PostgreSQL. Called inside one, the lock is held until that commits.
+    """
+    rows = await connection.fetch(
+        "SELECT * FROM append_events($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[])",
+        [event.event_id for event in events],
+        [event.stream for event in events],
+        [event.type for event in events],
+        [json.dumps(event.data) for event in events],
+        [json.dumps(event.metadata) for event in events],
+    )
     results: list[AppendResult] = []
     new: list[RecordedEvent] = []
-    for event in events:
-        if event.event_id in known:
-            results.append(AppendResult(known[event.event_id], duplicate=True))
-            continue
-        versions[event.stream] += 1
-        recorded = RecordedEvent(
-            position=head + len(new) + 1,
-            event_id=event.event_id,
-            stream=event.stream,
-            version=versions[event.stream],
-            type=event.type,
-            data=event.data,
-            metadata=event.metadata,
-            recorded_at=now,
-        )
-        known[event.event_id] = recorded  # a key repeated inside one batch is written once
-        new.append(recorded)
-        results.append(AppendResult(recorded, duplicate=False))
-
-    if new:
-        await connection.execute(
-            f"""
-            INSERT INTO events ({_COLUMNS})
-            SELECT p, i, s, v, t, d::jsonb, m::jsonb, $8
-            FROM unnest($1::bigint[], $2::uuid[], $3::text[], $4::bigint[], $5::text[],
-                        $6::text[], $7::text[]) AS u(p, i, s, v, t, d, m)
-            """,
-            [e.position for e in new],
-            [e.event_id for e in new],
-            [e.stream for e in new],
-            [e.version for e in new],
-            [e.type for e in new],
-            [json.dumps(e.data) for e in new],
-            [json.dumps(e.metadata) for e in new],
-            now,
-        )
-        await connection.execute("UPDATE log_head SET position = $1", new[-1].position)
-        await connection.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, str(new[-1].position))
+    written: dict[uuid.UUID, RecordedEvent] = {}
+    for event, row in zip(events, rows, strict=True):
+        if not row["duplicate"]:
+            recorded = RecordedEvent(
+                position=row["position"],
+                event_id=event.event_id,
+                stream=event.stream,
+                version=row["version"],
+                type=event.type,
+                data=event.data,
+                metadata=event.metadata,
+                recorded_at=row["recorded_at"],
+            )
+            written[event.event_id] = recorded
+            new.append(recorded)
+            results.append(AppendResult(recorded, duplicate=False))
+        elif row["stream"] is not None:  # written by an earlier batch: as it was stored
+            stored = _record({**row, "event_id": event.event_id})
+            results.append(AppendResult(stored, duplicate=True))
+        else:  # repeated inside this batch: its first occurrence
+            results.append(AppendResult(written[event.event_id], duplicate=True))
     return _Outcome(results, new)
 
 
