@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
+import itertools
 import logging
 from collections import defaultdict
 from typing import TYPE_CHECKING, Any
@@ -42,6 +44,8 @@ class Hub:
         self._task: asyncio.Task[None] | None = None
         self._tailer: Tailer | None = None
         self.dispatched = 0
+        self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []  # heap by position
+        self._tiebreak = itertools.count()
 
     async def start(self) -> None:
         self.dispatched = await self.store.head()
@@ -107,6 +111,18 @@ class Hub:
                     except Exception:  # one event must not stop delivery for everyone
                         log.exception("could not dispatch event %d", event.position)
                 self.dispatched = batch[-1].position
+            while self._waiters and self._waiters[0][0] <= self.dispatched:
+                _, _, waiter = heapq.heappop(self._waiters)
+                if not waiter.done():
+                    waiter.set_result(None)
+
+    async def dispatched_past(self, position: int) -> None:
+        """Return once the event at `position` has been handed to this process's sessions."""
+        if self.dispatched >= position:
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._waiters, (position, next(self._tiebreak), waiter))
+        await waiter
 
     def _dispatch(self, event: RecordedEvent) -> None:
         if event.type == "join":

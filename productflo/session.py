@@ -8,9 +8,12 @@ queues what the hub hands it for a writer task to send.
 Lifecycle:  OPEN --(close requested: server, overflow, abuse)--> CLOSING --(writer done)--> CLOSED
                  \\--------------------(client went away)-------------------------------/
 
-Frames from one connection are handled one at a time, so a client's messages enter the log in the
-order it sent them. The outbound queue is bounded: a client that does not read is closed with
-1013 rather than waited for, and resumes from its last event id (the log has everything).
+Frames from one connection are taken in order and their appends submitted in that order, without
+waiting for each commit (up to MAX_IN_FLIGHT at a time): a client's messages enter the log in the
+order it sent them, and a busy client is not held to one message per commit.
+
+The outbound queue is bounded: a client that does not read is closed with 1013 rather than waited
+for, and resumes from its last event id (the log has everything).
 """
 
 from __future__ import annotations
@@ -38,7 +41,15 @@ from productflo.envelopes import (
     welcome,
 )
 from productflo.errors import CloseCode, ErrorCode, ProtocolError, StoreError
-from productflo.events.models import JsonObject, NewEvent, idempotency_key, room_stream, user_stream
+from productflo.events.models import (
+    AppendResult,
+    JsonObject,
+    NewEvent,
+    idempotency_key,
+    new_event_id,
+    room_stream,
+    user_stream,
+)
 from productflo.hub import Hub
 from productflo.ratelimit import RateLimiter
 from productflo.settings import Settings
@@ -46,6 +57,7 @@ from productflo.settings import Settings
 log = logging.getLogger(__name__)
 
 _REJECTED_FRAME_KEPT = 2048  # characters of a refused frame kept in the log for audit
+MAX_IN_FLIGHT = 100  # appends of one connection awaiting their commit; then reading pauses
 
 
 class Transport(Protocol):
@@ -72,6 +84,13 @@ class State(enum.Enum):
 
 
 @dataclass(frozen=True)
+class _InFlight:
+    inbound: Inbound
+    room_id: str
+    future: asyncio.Future[list[AppendResult]]
+
+
+@dataclass(frozen=True)
 class _Close:
     code: int
     reason: str
@@ -92,6 +111,11 @@ class Session:
         )
         self._limiter = RateLimiter(settings.rate_limit)
         self._writer: asyncio.Task[None] | None = None
+        self._follower: asyncio.Task[None] | None = None
+        self._in_flight: asyncio.Queue[_InFlight] = asyncio.Queue(maxsize=MAX_IN_FLIGHT)
+        # room -> (member?, appends in flight): what this session's own appends will make of its
+        # membership, until the hub has dispatched them.
+        self._intents: dict[str, tuple[bool, int]] = {}
 
     @property
     def user_id(self) -> str:
@@ -103,6 +127,7 @@ class Session:
         """Attach to the hub, then greet: the welcome is the first envelope the client sees."""
         rooms = await self._hub.attach(self)
         self._writer = asyncio.create_task(self._write(), name=f"session-writer-{self.id}")
+        self._follower = asyncio.create_task(self._follow(), name=f"session-acks-{self.id}")
         details: JsonObject = {
             "authenticated": self.identity.authenticated,
             "rooms": sorted(rooms),
@@ -115,10 +140,11 @@ class Session:
         """The client is gone: stop delivering, stop writing."""
         self.state = State.CLOSED
         self._hub.detach(self)
-        if self._writer is not None:
-            self._writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._writer
+        for task in (self._writer, self._follower):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
     def request_close(self, code: int, reason: str) -> None:
         """Close after what is already being written; drops what is queued behind it."""
@@ -165,7 +191,8 @@ class Session:
     # -- inbound -------------------------------------------------------------------------------
 
     async def receive(self, frame: str | bytes) -> None:
-        """Handle one inbound frame completely before the next."""
+        """Take one inbound frame. Appends are pipelined: the next frame is read while this one
+        commits, and the log keeps them in the order they came (EventStore.submit)."""
         if self.state is not State.OPEN:
             return
         metrics.MESSAGES_RECEIVED.labels(self._transport.name).inc()
@@ -183,13 +210,13 @@ class Session:
             inbound = parse_inbound(frame, self.user_id)
         except ProtocolError as error:
             self._refuse(error)
-            await self._record_rejection(frame, error)
+            self._record_rejection(frame, error)
             return
         try:
             await self._handle(inbound)
         except ProtocolError as error:
             self._refuse(error)
-            await self._record_rejection(frame, error)
+            self._record_rejection(frame, error)
         except StoreError:
             self._refuse(
                 ProtocolError(
@@ -212,29 +239,71 @@ class Session:
         if inbound.code is InboundCode.HISTORY:
             await self._send_history(inbound, inbound.room_id)
             return
-        results = await self._hub.store.append(self._events_for(inbound, inbound.room_id))
-        last = results[-1]
-        if last.duplicate:
-            # Seen before: answer with the original event, which everyone else already has.
-            rendered = render_event(last.event)
-            if rendered is not None:
-                self.deliver(rendered.envelope)
-        # Otherwise the acknowledgement is the hub delivering the committed event to us.
+        events = self._events_for(inbound, inbound.room_id)
+        future = self._hub.store.submit(events)
+        await self._in_flight.put(_InFlight(inbound, inbound.room_id, future))
+
+    async def _follow(self) -> None:
+        """Settle this session's appends in order, as they commit."""
+        while True:
+            item = await self._in_flight.get()
+            try:
+                results = await item.future
+            except StoreError:
+                self._refuse(
+                    ProtocolError(
+                        ErrorCode.FAILED_TO_PROCESS_MESSAGE,
+                        "The message could not be processed; it was not delivered. Try again.",
+                        client_msg_id=item.inbound.client_msg_id,
+                    )
+                )
+                self._settle(item.room_id)
+                continue
+            last = results[-1]
+            if last.duplicate:
+                # Seen before: answer with the original event, which everyone else already has.
+                rendered = render_event(last.event)
+                if rendered is not None:
+                    self.deliver(rendered.envelope)
+            # Otherwise the acknowledgement is the hub delivering the committed event to us.
+            await self._hub.dispatched_past(last.event.position)
+            self._settle(item.room_id)
 
     def _events_for(self, inbound: Inbound, room_id: str) -> list[NewEvent]:
         stream = room_stream(room_id)
         events: list[NewEvent] = []
         sends = inbound.code is InboundCode.CHAT or inbound.code in AI_CODES
-        if sends and not self._hub.is_member(self.user_id, room_id):
+        if sends and not self._believes_member(room_id):
             events.append(NewEvent(stream, InboundCode.JOIN, {}, self._metadata()))
+        self._intend(room_id, member=inbound.code is not InboundCode.LEAVE)
         key = (
             idempotency_key(self.user_id, inbound.client_msg_id)
             if inbound.client_msg_id is not None
-            else uuid.uuid4()
+            else new_event_id()
         )
         metadata = self._metadata(inbound)
         events.append(NewEvent(stream, inbound.code, inbound.data_json(), metadata, key))
         return events
+
+    # Membership as this session's own appends will leave it. Without this, a `chat` sent right
+    # after a `leave` (or right after another chat to a new room) would be judged against the hub's
+    # membership, which has not seen those appends yet: the chat would go to a room its sender
+    # is no longer in, and the sender would never get its acknowledgement.
+
+    def _believes_member(self, room_id: str) -> bool:
+        intent = self._intents.get(room_id)
+        return intent[0] if intent else self._hub.is_member(self.user_id, room_id)
+
+    def _intend(self, room_id: str, *, member: bool) -> None:
+        _, pending = self._intents.get(room_id, (member, 0))
+        self._intents[room_id] = (member, pending + 1)
+
+    def _settle(self, room_id: str) -> None:
+        member, pending = self._intents[room_id]
+        if pending <= 1:
+            del self._intents[room_id]
+        else:
+            self._intents[room_id] = (member, pending - 1)
 
     def _metadata(self, inbound: Inbound | None = None) -> JsonObject:
         metadata: JsonObject = {
@@ -268,7 +337,7 @@ class Session:
             )
         )
 
-    async def _record_rejection(self, frame: str | bytes, error: ProtocolError) -> None:
+    def _record_rejection(self, frame: str | bytes, error: ProtocolError) -> None:
         """Keep a refused message in the log for audit; it is never delivered or replayed."""
         text = frame if isinstance(frame, str) else frame.decode("utf-8", "replace")
         data = {
@@ -277,7 +346,4 @@ class Session:
             "frame": text[:_REJECTED_FRAME_KEPT].replace("\x00", "\ufffd"),
         }
         event = NewEvent(user_stream(self.user_id), "rejected", data, self._metadata())
-        try:
-            await self._hub.store.append([event])
-        except StoreError:
-            log.warning("could not record a rejected message from %s", self.user_id)
+        self._hub.store.submit([event])  # for audit only: nobody waits for it

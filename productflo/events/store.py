@@ -34,7 +34,7 @@ import json
 import logging
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -49,7 +49,6 @@ NOTIFY_CHANNEL = "productflo_events"
 # Signals that are delivered to every process but never stored (typing).
 VOLATILE_CHANNEL = "productflo_volatile"
 MAX_BATCH_EVENTS = 2000
-APPEND_LANES = 2
 COMMAND_TIMEOUT = 10.0
 
 _COLUMNS = "position, event_id, stream, version, type, data, metadata, recorded_at"
@@ -104,9 +103,7 @@ def _record(row: asyncpg.Record | Mapping[str, Any]) -> RecordedEvent:
 @dataclass
 class _Request:
     events: Sequence[NewEvent]
-    future: asyncio.Future[list[AppendResult]] = field(
-        default_factory=lambda: asyncio.get_running_loop().create_future()
-    )
+    future: asyncio.Future[list[AppendResult]]
 
 
 class EventStore:
@@ -117,10 +114,7 @@ class EventStore:
         self._pool: asyncpg.Pool | None = None
         self._queue: asyncio.Queue[_Request] = asyncio.Queue()
         self._appender: asyncio.Task[None] | None = None
-        self._free_lanes: asyncio.Queue[_Lane] = asyncio.Queue()
-        for _ in range(APPEND_LANES):
-            self._free_lanes.put_nowait(_Lane(dsn))
-        self._in_flight: set[asyncio.Task[None]] = set()
+        self._lane = _Lane(dsn)
         self._listener: asyncio.Task[None] | None = None
         self._wake_listeners: set[Callable[[], None]] = set()
         self._commit_listeners: list[CommitListener] = []
@@ -148,15 +142,15 @@ class EventStore:
         """Commit what is queued, then stop. Appends submitted after this fail."""
         self._closing = True
         if self._appender is not None:
-            await self._queue.put(_Request(events=()))  # the sentinel: drains everything before it
+            sentinel = asyncio.get_running_loop().create_future()
+            await self._queue.put(_Request((), sentinel))  # drains everything queued before it
             with contextlib.suppress(asyncio.CancelledError):
                 await self._appender
         if self._listener is not None:
             self._listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._listener
-        while not self._free_lanes.empty():
-            self._free_lanes.get_nowait().close()
+        self._lane.close()
         if self._pool is not None:
             await self._pool.close()
 
@@ -170,27 +164,34 @@ class EventStore:
 
     async def append(self, events: Sequence[NewEvent]) -> list[AppendResult]:
         """Append atomically, in order; return once durable. Known event ids are not rewritten."""
+        return await asyncio.shield(self.submit(events))
+
+    def submit(self, events: Sequence[NewEvent]) -> asyncio.Future[list[AppendResult]]:
+        """Queue an append without waiting for it; the future resolves once it is durable.
+
+        Requests are committed in the order they were submitted, so a caller may submit several
+        before the first resolves (a connection pipelining its messages) and still have them
+        in the log in that order.
+        """
+        future: asyncio.Future[list[AppendResult]] = asyncio.get_running_loop().create_future()
         if self._closing:
-            raise StoreUnavailable("the server is shutting down")
-        if not events:
-            return []
-        request = _Request(events)
-        await self._queue.put(request)
-        return await asyncio.shield(request.future)
+            future.set_exception(StoreUnavailable("the server is shutting down"))
+        elif not events:
+            future.set_result([])
+        else:
+            self._queue.put_nowait(_Request(events, future))
+        future.add_done_callback(_mark_retrieved)
+        return future
 
     def on_commit(self, listener: CommitListener) -> None:
-        """Call `listener` with each batch this process commits, right after its commit.
-
-        With two lanes, batches can be reported out of position order: listeners that need
-        order (the tailer) check continuity themselves.
-        """
+        """Call `listener` with each batch this process commits, in commit order, right after."""
         self._commit_listeners.append(listener)
 
     async def _append_loop(self) -> None:
+        # One batch at a time, in queue order: that is what keeps each submitter's requests in
+        # the log in the order it submitted them.
         stopping = False
         while not stopping:
-            # A lane first: while both are busy, requests pile up into the next batch.
-            lane = await self._free_lanes.get()
             batch = [await self._queue.get()]
             size = len(batch[0].events)
             while size < MAX_BATCH_EVENTS and not self._queue.empty():
@@ -200,22 +201,13 @@ class EventStore:
                 stopping = True
                 batch = [request for request in batch if request.events]
             if not batch:
-                self._free_lanes.put_nowait(lane)
                 continue
-            task = asyncio.create_task(self._commit_on(lane, batch))
-            self._in_flight.add(task)
-            task.add_done_callback(self._in_flight.discard)
-        await asyncio.gather(*self._in_flight)
-
-    async def _commit_on(self, lane: _Lane, batch: list[_Request]) -> None:
-        try:
-            await self._commit_batch(lane, batch)
-        except Exception:  # the appender must outlive any one batch
-            log.exception("appender: unexpected failure")
-            for request in batch:
-                _fail(request, StoreUnavailable("the append failed"))
-        finally:
-            self._free_lanes.put_nowait(lane)
+            try:
+                await self._commit_batch(self._lane, batch)
+            except Exception:  # the appender must outlive any one batch
+                log.exception("appender: unexpected failure")
+                for request in batch:
+                    _fail(request, StoreUnavailable("the append failed"))
 
     async def _commit_batch(self, lane: _Lane, batch: list[_Request]) -> None:
         try:
@@ -358,8 +350,7 @@ class EventStore:
 
 
 class _Lane:
-    """One appending connection. Two lanes let a batch travel to the database while the one
-    before it holds the head lock; the lock still orders their commits."""
+    """The appending connection, reconnected after any failure."""
 
     def __init__(self, dsn: str) -> None:
         self._dsn = dsn
@@ -444,6 +435,12 @@ async def append_batch(connection: asyncpg.Connection, events: list[NewEvent]) -
 
 def _setter(event: asyncio.Event) -> Callable[[object], None]:
     return lambda _connection: event.set()
+
+
+def _mark_retrieved(future: asyncio.Future[Any]) -> None:
+    # A submitter that went away (its connection closed) never reads its future's error.
+    if not future.cancelled():
+        future.exception()
 
 
 def _fail(request: _Request, error: Exception) -> None:
