@@ -363,3 +363,15 @@ async def test_with_the_database_down_nothing_is_acknowledged_or_delivered(
     assert (await bob.recv_code("chat_response"))["data"]["message"] == "during"
     chats = [e for e in await _events(server) if e["type"] == "chat"]
     assert [json.loads(e["data"])["message"] for e in chats] == ["before", "during"]
+
+
+async def test_a_chat_sent_right_after_leave_rejoins_and_is_acknowledged(connect: Any) -> None:
+    """The chat is judged against the leave still in flight, not the hub's older membership."""
+    bob = await connect("/ws?user_id=bob")
+    await bob.join("r")
+    await bob.send({"code": "leave", "room_id": "r"})
+    await bob.chat("r", "back again")
+    ack = await bob.recv_code("chat_response")
+    assert ack["data"]["message"] == "back again"
+    bob2 = await connect("/ws?user_id=bob")
+    assert bob2.welcome["data"]["details"]["rooms"] == ["r"]
