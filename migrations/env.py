@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 from logging.config import fileConfig
 
+import asyncpg
 from alembic import context
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.pool import NullPool
 
 from productflo.database import DatabaseUrl, resolve
 from productflo.settings import Settings
@@ -17,10 +19,9 @@ if config.config_file_name is not None and config.attributes.get("configure_logg
     fileConfig(config.config_file_name, disable_existing_loggers=False)
 
 
-def _url() -> str:
+def _url() -> DatabaseUrl:
     given = config.attributes.get("database_url")
-    url = DatabaseUrl.parse(given) if given else resolve(Settings())
-    return url.sqlalchemy_url
+    return DatabaseUrl.parse(given) if given else resolve(Settings())
 
 
 # Servers started together on an empty database would otherwise race to create the same tables.
@@ -41,7 +42,13 @@ def _run(connection: Connection) -> None:
 
 
 async def _run_async() -> None:
-    engine = create_async_engine(_url())
+    dsn = _url().dsn
+    # asyncpg reads the URL itself, exactly as the event store does, so that libpq parameters
+    # (?sslmode=require, ?host=/socket/dir) are understood instead of being handed to
+    # asyncpg.connect() as keyword arguments it does not take.
+    engine = create_async_engine(
+        "postgresql+asyncpg://", async_creator=lambda: asyncpg.connect(dsn), poolclass=NullPool
+    )
     async with engine.connect() as connection:
         await connection.run_sync(_run)
         await connection.commit()
@@ -49,7 +56,7 @@ async def _run_async() -> None:
 
 
 if context.is_offline_mode():
-    context.configure(url=_url(), literal_binds=True)
+    context.configure(url=_url().sqlalchemy_url, literal_binds=True)
     with context.begin_transaction():
         context.run_migrations()
 else:

@@ -36,9 +36,12 @@ def upgrade() -> None:
         DECLARE
             head bigint;
             new_head bigint;
+            recorded timestamptz;
         BEGIN
             -- The row lock that makes commit order equal position order (events/store.py).
             SELECT l.position INTO head FROM log_head l FOR UPDATE;
+            -- Taken after the lock, so that recorded_at grows with position across processes.
+            recorded := clock_timestamp();
 
             RETURN QUERY
             WITH input AS (
@@ -67,14 +70,14 @@ def upgrade() -> None:
                 INSERT INTO events (position, event_id, stream, version, type, data, metadata,
                                     recorded_at)
                 SELECT new_position, id, stream, new_version, type, data::jsonb, metadata::jsonb,
-                       now()
+                       recorded
                 FROM fresh
                 RETURNING events.event_id, events.position, events.version
             )
             SELECT i.n,
                    coalesce(ins.position, x.position),
                    coalesce(ins.version, x.version),
-                   coalesce(x.recorded_at, now()),
+                   coalesce(x.recorded_at, recorded),
                    NOT (ins.event_id IS NOT NULL AND f.n = i.n),
                    x.stream, x.type, x.data, x.metadata
             FROM input i

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import time
 import uuid
@@ -12,7 +13,9 @@ from typing import Any
 JsonObject = dict[str, Any]
 
 # uuid5 namespace for idempotency keys derived from (user, client_msg_id).
-_random = random.Random()  # seeded from os.urandom once
+_random = random.Random()  # seeded from os.urandom
+# A forked child must not repeat its parent's ids (uvicorn's workers are spawned, but others fork).
+os.register_at_fork(after_in_child=_random.seed)
 
 _IDEMPOTENCY_NAMESPACE = uuid.UUID("6f1c3d2e-9a57-4b8e-bd1f-0c3a5e7d9b21")
 

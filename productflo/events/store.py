@@ -100,9 +100,26 @@ def _record(row: asyncpg.Record | Mapping[str, Any]) -> RecordedEvent:
     )
 
 
+@dataclass(frozen=True)
+class _Prepared:
+    """An event with its JSON already encoded: done by the submitter, off the appender's path,
+    so that data that is not JSON fails its own request and never a batch."""
+
+    event: NewEvent
+    data: str
+    metadata: str
+
+    @classmethod
+    def of(cls, event: NewEvent) -> _Prepared:
+        try:
+            return cls(event, json.dumps(event.data), json.dumps(event.metadata))
+        except (TypeError, ValueError) as error:
+            raise StoreError("the event's data is not JSON") from error
+
+
 @dataclass
 class _Request:
-    events: Sequence[NewEvent]
+    events: Sequence[_Prepared]
     future: asyncio.Future[list[AppendResult]]
 
 
@@ -174,13 +191,18 @@ class EventStore:
         in the log in that order.
         """
         future: asyncio.Future[list[AppendResult]] = asyncio.get_running_loop().create_future()
+        future.add_done_callback(_mark_retrieved)
         if self._closing:
             future.set_exception(StoreUnavailable("the server is shutting down"))
         elif not events:
             future.set_result([])
         else:
-            self._queue.put_nowait(_Request(events, future))
-        future.add_done_callback(_mark_retrieved)
+            try:
+                prepared = [_Prepared.of(event) for event in events]
+            except StoreError as error:
+                future.set_exception(error)
+            else:
+                self._queue.put_nowait(_Request(prepared, future))
         return future
 
     def on_commit(self, listener: CommitListener) -> None:
@@ -356,10 +378,10 @@ class _Lane:
         self._dsn = dsn
         self._connection: asyncpg.Connection | None = None
 
-    async def write(self, events: list[NewEvent]) -> _Outcome:
+    async def write(self, batch: list[_Prepared]) -> _Outcome:
         connection = await self._connect()
         try:
-            return await append_batch(connection, events)
+            return await _append_prepared(connection, batch)
         except _CONNECTION_ERRORS as error:
             self.close()
             raise StoreUnavailable("the database is unreachable") from error
@@ -393,19 +415,24 @@ class _Outcome:
     new: list[RecordedEvent]
 
 
-async def append_batch(connection: asyncpg.Connection, events: list[NewEvent]) -> _Outcome:
+async def append_batch(connection: asyncpg.Connection, events: Sequence[NewEvent]) -> _Outcome:
     """Append a batch with `append_events()` (migration 0003): one statement, one round trip.
 
     Called outside a transaction, the statement is its own transaction: the head lock is taken
     and released inside PostgreSQL. Called inside one, the lock is held until that commits.
     """
+    return await _append_prepared(connection, [_Prepared.of(event) for event in events])
+
+
+async def _append_prepared(connection: asyncpg.Connection, batch: list[_Prepared]) -> _Outcome:
+    events = [item.event for item in batch]
     rows = await connection.fetch(
         "SELECT * FROM append_events($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[])",
         [event.event_id for event in events],
         [event.stream for event in events],
         [event.type for event in events],
-        [json.dumps(event.data) for event in events],
-        [json.dumps(event.metadata) for event in events],
+        [item.data for item in batch],
+        [item.metadata for item in batch],
     )
     results: list[AppendResult] = []
     new: list[RecordedEvent] = []
