@@ -8,6 +8,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
+import httpx
 import pytest
 
 from productflo.envelopes import WELCOME_MESSAGE
@@ -348,6 +349,9 @@ async def test_with_the_database_down_nothing_is_acknowledged_or_delivered(
         assert error["client_msg_id"] == "during-1"
         assert "asyncpg" not in json.dumps(error) and "postgres" not in json.dumps(error).lower()
         assert await bob.nothing_within(1.0)
+        async with httpx.AsyncClient(base_url=server.http) as http:
+            assert (await http.get("/readyz")).status_code == 503
+            assert (await http.get("/healthz")).status_code == 200
     finally:
         await _cut_database(server, allow=True)
 
@@ -361,6 +365,8 @@ async def test_with_the_database_down_nothing_is_acknowledged_or_delivered(
             assert error_code(answer) == "FAILED_TO_PROCESS_MESSAGE"
             await asyncio.sleep(0.2)
     assert (await bob.recv_code("chat_response"))["data"]["message"] == "during"
+    async with httpx.AsyncClient(base_url=server.http) as http:
+        assert (await http.get("/readyz")).status_code == 200
     chats = [e for e in await _events(server) if e["type"] == "chat"]
     assert [json.loads(e["data"])["message"] for e in chats] == ["before", "during"]
 
