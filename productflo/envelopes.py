@@ -201,23 +201,47 @@ def welcome(user_id: str, details: JsonObject) -> JsonObject:
     )
 
 
-# What a `history` page and GET /rooms/{id}/messages hold: the room's visible events.
-HISTORY_TYPES = ("chat", "join", "leave")
+# Stored event types members of a room see (live, replayed, in history pages).
+ROOM_TYPES = ("chat", "join", "leave")
+HISTORY_TYPES = ROOM_TYPES
 
-Audience = Literal["room", "user"]
+
+@dataclass(frozen=True)
+class Audience:
+    """Who sees an event: the members of a room, or one user."""
+
+    kind: Literal["room", "user"]
+    name: str
+
+
+def audience_of(type_: str, stream: str, actor: str | None) -> Audience | None:
+    """Who sees a stored event; None for events clients never see (`rejected`)."""
+    kind, _, name = stream.partition(":")
+    if kind == "room" and type_ in ROOM_TYPES:
+        return Audience("room", name)
+    if type_ in AI_CODES and actor is not None:
+        # A request is acknowledged to its sender; the answer, a later event, goes to the room.
+        return Audience("user", actor)
+    return None
 
 
 @dataclass(frozen=True)
 class Rendered:
-    """An event as clients see it, and who sees it: the room's members, or one user."""
+    """An event as clients see it, and who sees it."""
 
     envelope: JsonObject
     audience: Audience
-    recipient: str
 
 
 def render_event(event: RecordedEvent) -> Rendered | None:
     """The outbound envelope of a stored event, or None for events clients never see."""
+    audience = audience_of(event.type, event.stream, event.user_id)
+    if audience is None:
+        return None
+    return Rendered(_envelope_of(event), audience)
+
+
+def _envelope_of(event: RecordedEvent) -> JsonObject:
     actor = event.user_id
     common: dict[str, Any] = {
         "room_id": event.room_id,
@@ -225,19 +249,11 @@ def render_event(event: RecordedEvent) -> Rendered | None:
         "event_id": event.position,
         "client_msg_id": event.metadata.get("client_msg_id"),
     }
-    room = event.room_id
-    if room is not None and event.type == InboundCode.CHAT:
-        return Rendered(
-            envelope("success", "chat_response", actor, event.data, **common), "room", room
-        )
-    if room is not None and event.type in (InboundCode.JOIN, InboundCode.LEAVE):
+    if event.type == InboundCode.CHAT:
+        return envelope("success", "chat_response", actor, event.data, **common)
+    if event.type in (InboundCode.JOIN, InboundCode.LEAVE):
         verb = "joined" if event.type == InboundCode.JOIN else "left"
-        data = {
-            "message": f"{actor} {verb} the room",
-            "details": {"action": event.type, "user_id": actor, "room_id": room},
-        }
-        return Rendered(envelope("success", "system", actor, data, **common), "room", room)
-    if event.type in AI_CODES and actor is not None:
-        # The request is acknowledged to its sender; the answer, a later event, goes to the room.
-        return Rendered(envelope("pending", event.type, actor, event.data, **common), "user", actor)
-    return None
+        details = {"action": event.type, "user_id": actor, "room_id": event.room_id}
+        data = {"message": f"{actor} {verb} the room", "details": details}
+        return envelope("success", "system", actor, data, **common)
+    return envelope("pending", event.type, actor, event.data, **common)

@@ -18,6 +18,7 @@ import heapq
 import itertools
 import logging
 from collections import defaultdict
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from productflo import metrics
@@ -31,6 +32,12 @@ if TYPE_CHECKING:
     from productflo.session import Session
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Attachment:
+    rooms: frozenset[str]
+    position: int  # the last position dispatched before the session was attached
 
 
 class Hub:
@@ -68,8 +75,9 @@ class Hub:
 
     # -- sessions ------------------------------------------------------------------------------
 
-    async def attach(self, session: Session) -> set[str]:
-        """Register a session for delivery; returns its user's rooms."""
+    async def attach(self, session: Session) -> Attachment:
+        """Register a session for delivery from the next position on; returns its user's rooms
+        and that position (everything after it will be delivered to the session)."""
         user = session.user_id
         async with self._lock:
             if user not in self._rooms:
@@ -79,7 +87,7 @@ class Hub:
                     self._members[room].add(user)
             self._sessions[user].add(session)
             metrics.CONNECTIONS.inc()
-            return set(self._rooms[user])
+            return Attachment(frozenset(self._rooms[user]), self.dispatched)
 
     def detach(self, session: Session) -> None:
         user = session.user_id
@@ -129,10 +137,11 @@ class Hub:
             self._apply_membership(event)  # the joiner sees their own join
         rendered = render_event(event)
         if rendered is not None:
-            if rendered.audience == "room":
-                recipients = self._members.get(rendered.recipient, set())
+            audience = rendered.audience
+            if audience.kind == "room":
+                recipients = self._members.get(audience.name, set())
             else:
-                recipients = {rendered.recipient}
+                recipients = {audience.name}
             for user in recipients:
                 for session in self._sessions.get(user, ()):
                     session.deliver(rendered.envelope)

@@ -23,10 +23,11 @@ import contextlib
 import enum
 import logging
 import uuid
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from productflo import metrics
+from productflo import metrics, replay
 from productflo.auth import Claims
 from productflo.envelopes import (
     AI_CODES,
@@ -38,6 +39,7 @@ from productflo.envelopes import (
     error_envelope,
     parse_inbound,
     render_event,
+    system_envelope,
     welcome,
 )
 from productflo.errors import CloseCode, ErrorCode, ProtocolError, StoreError
@@ -57,6 +59,8 @@ from productflo.settings import Settings
 log = logging.getLogger(__name__)
 
 _REJECTED_FRAME_KEPT = 2048  # characters of a refused frame kept in the log for audit
+# Live events held for a replaying client, in multiples of the outbound queue, before 1013.
+HELD_FACTOR = 10
 MAX_IN_FLIGHT = 100  # appends of one connection awaiting their commit; then reading pauses
 
 
@@ -81,6 +85,29 @@ class State(enum.Enum):
     OPEN = "open"
     CLOSING = "closing"
     CLOSED = "closed"
+
+
+@dataclass(frozen=True)
+class Resume:
+    """Where a reconnecting client stands: the last event id it saw, in which log."""
+
+    last_event_id: int
+    log_id: str | None = None
+
+    @classmethod
+    def parse(cls, last_event_id: object, log_id: object = None) -> Resume | None:
+        """From a query parameter or Socket.IO auth field; ProtocolError if malformed."""
+        if last_event_id is None or last_event_id == "":
+            return None
+        try:
+            position = int(str(last_event_id))
+        except ValueError:
+            position = -1
+        if position < 0 or isinstance(last_event_id, bool):
+            raise ProtocolError(
+                ErrorCode.INVALID_MESSAGE, "last_event_id must be a non-negative integer"
+            )
+        return cls(position, str(log_id) if log_id else None)
 
 
 @dataclass(frozen=True)
@@ -112,6 +139,8 @@ class Session:
         self._limiter = RateLimiter(settings.rate_limit)
         self._writer: asyncio.Task[None] | None = None
         self._follower: asyncio.Task[None] | None = None
+        self._replayer: asyncio.Task[None] | None = None
+        self._held: deque[JsonObject] | None = None
         self._in_flight: asyncio.Queue[_InFlight] = asyncio.Queue(maxsize=MAX_IN_FLIGHT)
         # room -> (member?, appends in flight): what this session's own appends will make of its
         # membership, until the hub has dispatched them.
@@ -123,24 +152,35 @@ class Session:
 
     # -- lifecycle -----------------------------------------------------------------------------
 
-    async def open(self) -> None:
-        """Attach to the hub, then greet: the welcome is the first envelope the client sees."""
-        rooms = await self._hub.attach(self)
+    async def open(self, resume: Resume | None = None) -> None:
+        """Attach to the hub, then greet: the welcome is the first envelope the client sees.
+
+        With `resume`, what the user missed follows the welcome (in a task of its own, so the
+        transport keeps reading meanwhile), then `replay_complete`, then live events, which wait
+        in a buffer until the replay is out.
+        """
+        if resume is not None:
+            self._held = deque()
+        attachment = await self._hub.attach(self)
         self._writer = asyncio.create_task(self._write(), name=f"session-writer-{self.id}")
         self._follower = asyncio.create_task(self._follow(), name=f"session-acks-{self.id}")
         details: JsonObject = {
             "authenticated": self.identity.authenticated,
-            "rooms": sorted(rooms),
+            "rooms": sorted(attachment.rooms),
             "log_id": str(self._hub.store.log_id),
-            "last_event_id": self._hub.dispatched,
+            "last_event_id": attachment.position,
         }
         self._put_first(welcome(self.user_id, details))
+        if resume is not None:
+            self._replayer = asyncio.create_task(
+                self._replay(resume, attachment.position), name=f"session-replay-{self.id}"
+            )
 
     async def finish(self) -> None:
         """The client is gone: stop delivering, stop writing."""
         self.state = State.CLOSED
         self._hub.detach(self)
-        for task in (self._writer, self._follower):
+        for task in (self._replayer, self._writer, self._follower):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -166,11 +206,64 @@ class Session:
         """Queue an envelope for the client; never waits. Overflow closes 1013."""
         if self.state is not State.OPEN:
             return
+        if self._held is not None:  # a replay is being sent: live events wait behind it
+            self._held.append(message)
+            if len(self._held) > HELD_FACTOR * self._settings.outbound_queue_size:
+                self._overflow()
+            return
         try:
             self._queue.put_nowait(message)
         except asyncio.QueueFull:
-            metrics.SLOW_CLIENTS_DROPPED.inc()
-            self.request_close(CloseCode.TRY_AGAIN_LATER, "too slow; resume with last_event_id")
+            self._overflow()
+
+    def _overflow(self) -> None:
+        metrics.SLOW_CLIENTS_DROPPED.inc()
+        self.request_close(CloseCode.TRY_AGAIN_LATER, "too slow; resume with last_event_id")
+
+    async def _send_in_order(self, message: JsonObject) -> None:
+        """Queue with backpressure: the replay goes out as fast as the client reads."""
+        if self.state is State.OPEN:
+            await self._queue.put(message)
+
+    async def _replay(self, resume: Resume, upto: int) -> None:
+        log_id = str(self._hub.store.log_id)
+        try:
+            if resume.last_event_id > upto or resume.log_id not in (None, log_id):
+                # Another log (the database was recreated): its positions mean nothing here.
+                details = {
+                    "replay_complete": True,
+                    "reset": True,
+                    "last_event_id": upto,
+                    "log_id": log_id,
+                }
+                message = "Unknown log position: start over from history"
+                await self._send_in_order(system_envelope(self.user_id, message, details))
+            else:
+                await self._replay_missed(resume.last_event_id, upto)
+        except StoreError:
+            log.warning("replay for %s failed", self.user_id)
+            self.request_close(CloseCode.INTERNAL_ERROR, "replay failed; reconnect")
+            return
+        # Flush what arrived live meanwhile; nothing can slip in between the loop and the flag.
+        while self._held:
+            await self._send_in_order(self._held.popleft())
+        self._held = None
+
+    async def _replay_missed(self, after: int, upto: int) -> None:
+        store = self._hub.store
+        found = await replay.missed(store, self.user_id, after, upto, self._settings.replay_limit)
+        async for event in replay.events_at(store, found.positions):
+            rendered = render_event(event)
+            if rendered is not None:
+                await self._send_in_order(rendered.envelope)
+        details = {
+            "replay_complete": True,
+            "last_event_id": upto,
+            "replayed": len(found.positions),
+            "truncated": found.truncated,
+        }
+        message = "Replay complete"
+        await self._send_in_order(system_envelope(self.user_id, message, details))
 
     def _put_first(self, message: JsonObject) -> None:
         # Only called before anything else can be queued (open), so there is room.

@@ -146,11 +146,25 @@ class ServerThread:
 
 
 @pytest.fixture
-def server(settings: Settings, database_url: DatabaseUrl) -> Iterator[ServerThread]:
-    running = ServerThread(settings, database_url)
-    running.start()
-    yield running
-    running.stop()
+def start_server(settings: Settings, database_url: DatabaseUrl) -> Iterator[Any]:
+    """`start_server(**setting_overrides)`: another real server on this test's database."""
+    running: list[ServerThread] = []
+
+    def start(**overrides: Any) -> ServerThread:
+        server = ServerThread(settings.model_copy(update=overrides), database_url)
+        server.start()
+        running.append(server)
+        return server
+
+    yield start
+    for server in running:
+        server.stop()
+
+
+@pytest.fixture
+def server(start_server: Any) -> ServerThread:
+    server: ServerThread = start_server()
+    return server
 
 
 @pytest.fixture

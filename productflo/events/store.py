@@ -272,6 +272,14 @@ class EventStore:
         )
         return [_record(row) for row in rows]
 
+    async def read_positions(self, positions: list[int]) -> list[RecordedEvent]:
+        """The events at the given positions, oldest first."""
+        rows = await self.fetch(
+            f"SELECT {_COLUMNS} FROM events WHERE position = ANY($1::bigint[]) ORDER BY position",
+            positions,
+        )
+        return [_record(row) for row in rows]
+
     async def read_stream(
         self,
         stream: str,

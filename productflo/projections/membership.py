@@ -6,6 +6,7 @@ join/leave events (a partial index keeps that to a user's few membership events)
 
 from __future__ import annotations
 
+from productflo.envelopes import audience_of
 from productflo.events.models import RecordedEvent
 from productflo.events.store import EventStore
 
@@ -35,3 +36,30 @@ async def rooms_of(store: EventStore, user_id: str, upto: int) -> set[str]:
         upto,
     )
     return {row["stream"].removeprefix("room:") for row in rows if row["type"] == "join"}
+
+
+class Visibility:
+    """What one user sees of the log, event by event, as their membership changes along it.
+
+    The same rule the hub applies live: room events reach the room's members (a joiner sees
+    their own join, a leaver their own leave), user events reach that user.
+    """
+
+    def __init__(self, user_id: str, rooms: set[str]) -> None:
+        self.user_id = user_id
+        self.rooms = rooms
+
+    def sees(self, type_: str, stream: str, actor: str | None) -> bool:
+        kind, _, room = stream.partition(":")
+        mine = kind == "room" and actor == self.user_id
+        if mine and type_ == "join":
+            self.rooms.add(room)
+        audience = audience_of(type_, stream, actor)
+        seen = audience is not None and (
+            audience.name in self.rooms
+            if audience.kind == "room"
+            else audience.name == self.user_id
+        )
+        if mine and type_ == "leave":
+            self.rooms.discard(room)
+        return seen

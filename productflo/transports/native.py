@@ -22,7 +22,7 @@ from productflo.errors import (
 )
 from productflo.events.models import JsonObject
 from productflo.hub import Hub
-from productflo.session import Identity, Session
+from productflo.session import Identity, Resume, Session
 from productflo.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -116,12 +116,20 @@ async def serve_session(websocket: WebSocket, identity: Identity) -> None:
     """Run a session over an accepted socket until either side ends it."""
     hub: Hub = websocket.app.state.hub
     session = Session(hub, websocket.app.state.settings, identity, NativeTransport(websocket))
+    query = websocket.query_params
+    refusal: ProtocolError | None = None
     try:
-        await session.open()
+        resume = Resume.parse(query.get("last_event_id"), query.get("log_id"))
+    except ProtocolError as error:
+        resume, refusal = None, error
+    try:
+        await session.open(resume)
     except Exception:
         log.exception("could not open a session for %s", identity.user_id)
         await websocket.close(CloseCode.INTERNAL_ERROR, "internal error")
         return
+    if refusal is not None:
+        session.deliver(error_envelope(identity.user_id, refusal))
     try:
         while True:
             message = await websocket.receive()

@@ -1,0 +1,67 @@
+"""What a reconnecting user missed: the events after `last_event_id` they would have received.
+
+Replay is the live path read from an older position. A session resuming attaches to the hub first
+(so live events from position D on are buffered for it), then replays (last_event_id, D] from the
+log, then flushes the buffer: no gap and no duplicate at the seam, because D is exactly where the
+hub's dispatching stood when the session attached.
+
+The window is read twice: first light columns only, to fold the user's membership along it and
+find which positions they see (and, over PRODUCTFLO_REPLAY_LIMIT, keep only the newest); then the
+chosen events in full, in chunks, as the client reads them. Memory is a list of positions, however
+long the client was away.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from productflo.events.models import RecordedEvent, room_stream, user_stream
+from productflo.events.store import EventStore
+from productflo.projections.membership import MEMBERSHIP_TYPES, Visibility, rooms_of
+
+CHUNK = 1000
+
+
+@dataclass(frozen=True)
+class Missed:
+    positions: list[int]
+    truncated: bool
+
+
+async def missed(store: EventStore, user_id: str, after: int, upto: int, limit: int) -> Missed:
+    """The positions in (after, upto] that `user_id` would have received, newest `limit` of them."""
+    rooms = await rooms_of(store, user_id, after)
+    joined = await store.fetch(
+        """
+        SELECT DISTINCT stream FROM events
+        WHERE metadata->>'user_id' = $1 AND type = ANY($2::text[])
+          AND position > $3 AND position <= $4
+        """,
+        user_id,
+        list(MEMBERSHIP_TYPES),
+        after,
+        upto,
+    )
+    streams = {room_stream(room) for room in rooms} | {row["stream"] for row in joined}
+    streams.add(user_stream(user_id))
+    rows = await store.fetch(
+        """
+        SELECT position, stream, type, metadata->>'user_id' AS actor FROM events
+        WHERE stream = ANY($1::text[]) AND position > $2 AND position <= $3
+        ORDER BY position
+        """,
+        sorted(streams),
+        after,
+        upto,
+    )
+    visibility = Visibility(user_id, rooms)
+    seen = [r["position"] for r in rows if visibility.sees(r["type"], r["stream"], r["actor"])]
+    return Missed(seen[-limit:], truncated=len(seen) > limit)
+
+
+async def events_at(store: EventStore, positions: list[int]) -> AsyncIterator[RecordedEvent]:
+    """The events at `positions` (ascending), read a chunk at a time."""
+    for start in range(0, len(positions), CHUNK):
+        for event in await store.read_positions(positions[start : start + CHUNK]):
+            yield event
