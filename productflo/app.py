@@ -16,7 +16,7 @@ from productflo.errors import CloseCode, StoreError
 from productflo.events.store import EventStore
 from productflo.hub import Hub
 from productflo.settings import Settings
-from productflo.transports import native
+from productflo.transports import http, native
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,7 @@ def create_app(settings: Settings, database: DatabaseUrl) -> FastAPI:
     app.state.settings = settings
     app.state.verifier = TokenVerifier(settings)
     app.include_router(native.router)
+    app.include_router(http.router)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

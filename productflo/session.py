@@ -25,13 +25,12 @@ import logging
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
-from productflo import metrics, replay
+from productflo import history, metrics, replay
 from productflo.auth import Claims
 from productflo.envelopes import (
     AI_CODES,
-    HISTORY_TYPES,
     MAX_HISTORY_LIMIT,
     Inbound,
     InboundCode,
@@ -413,18 +412,13 @@ class Session:
 
     async def _send_history(self, inbound: Inbound, room_id: str) -> None:
         limit = inbound.data.limit or MAX_HISTORY_LIMIT
-        events = await self._hub.store.read_stream(
-            room_stream(room_id), before=inbound.data.before, limit=limit + 1, types=HISTORY_TYPES
-        )
-        has_more = len(events) > limit
-        page = [r.envelope for e in events[-limit:] if (r := render_event(e)) is not None]
-        data: dict[str, Any] = {"events": page, "has_more": has_more}
+        found = await history.page(self._hub.store, room_id, inbound.data.before, limit)
         self.deliver(
             envelope(
                 "success",
                 "history",
                 self.user_id,
-                data,
+                found.as_json(),
                 room_id=room_id,
                 client_msg_id=inbound.client_msg_id,
             )
