@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from productflo.envelopes import Inbound, parse_inbound, render_event
+from productflo.envelopes import Audience, Inbound, parse_inbound, render_event
 from productflo.errors import ErrorCode, ProtocolError
 from productflo.events.models import RecordedEvent
 
@@ -70,7 +70,7 @@ def _event(type_: str, stream: str, **metadata: object) -> RecordedEvent:
 def test_a_chat_event_renders_as_chat_response_to_the_room() -> None:
     rendered = render_event(_event("chat", "room:r", client_msg_id="c1"))
     assert rendered is not None
-    assert (rendered.audience, rendered.recipient) == ("room", "r")
+    assert rendered.audience == Audience("room", "r")
     assert rendered.envelope == {
         "status": "success",
         "code": "chat_response",
@@ -86,7 +86,7 @@ def test_a_chat_event_renders_as_chat_response_to_the_room() -> None:
 def test_an_ai_request_is_acknowledged_pending_to_its_sender_only() -> None:
     rendered = render_event(_event("idea", "room:r"))
     assert rendered is not None
-    assert (rendered.audience, rendered.recipient) == ("user", "u1")
+    assert rendered.audience == Audience("user", "u1")
     assert rendered.envelope["status"] == "pending"
     assert rendered.envelope["code"] == "idea"
 
