@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -104,8 +105,17 @@ async def chat_round_trip(port: int, token: str, room: str, text: str) -> dict[s
         await client.close()
 
 
-def test_serve_with_no_configuration_runs_an_embedded_database(serve, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+@pytest.fixture
+def own_tmp() -> Iterator[Path]:
+    """A directory outside pytest's temporary root: another pytest run on the machine resets
+    that root to mode 0700, which locks out the embedded server's system user."""
+    with tempfile.TemporaryDirectory(prefix="productflo-cli-") as directory:
+        yield Path(directory)
+
+
+def test_serve_with_no_configuration_runs_an_embedded_database(serve, own_tmp: Path) -> None:  # type: ignore[no-untyped-def]
     """A fresh machine: no database server, nothing configured, and the commands share it."""
+    tmp_path = own_tmp
     env = clean_environment(PRODUCTFLO_DATA_DIR=str(tmp_path / "data"))
     server = serve(env)
     assert (tmp_path / "data" / "pgdata" / "PG_VERSION").exists()
