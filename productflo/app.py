@@ -15,6 +15,8 @@ from productflo.database import DatabaseUrl, resolve
 from productflo.errors import CloseCode, StoreError
 from productflo.events.store import EventStore
 from productflo.hub import Hub
+from productflo.projections import PROJECTIONS
+from productflo.projections.framework import Runner
 from productflo.settings import Settings
 from productflo.transports import http, native
 
@@ -28,6 +30,9 @@ def create_app(settings: Settings, database: DatabaseUrl) -> FastAPI:
         await store.start()
         hub = Hub(store, poll_interval=settings.poll_interval)
         await hub.start()
+        runners = [Runner(store, p, settings.poll_interval) for p in PROJECTIONS.values()]
+        for runner in runners:
+            await runner.start()
         app.state.store, app.state.hub = store, hub
         log.info("serving log %s from position %d", store.log_id, hub.dispatched)
         try:
@@ -38,6 +43,8 @@ def create_app(settings: Settings, database: DatabaseUrl) -> FastAPI:
                 session.request_close(CloseCode.SERVICE_RESTART, "server restarting")
             for session in hub.sessions:
                 await session.wait_closed()
+            for runner in runners:
+                await runner.stop()
             await store.close()
             await hub.stop()
 

@@ -35,6 +35,10 @@ class DatabaseUrl:
             raise ValueError(f"not a PostgreSQL URL: scheme {parts.scheme!r}")
         return cls(urlunsplit(parts._replace(scheme=scheme)))
 
+    def with_database(self, name: str) -> DatabaseUrl:
+        """The URL of database `name` on the same server."""
+        return DatabaseUrl(urlunsplit(urlsplit(self.dsn)._replace(path=f"/{name}")))
+
     @property
     def sqlalchemy_url(self) -> str:
         return "postgresql+asyncpg" + self.dsn.removeprefix("postgresql")

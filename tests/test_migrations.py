@@ -102,7 +102,7 @@ async def _schema(url: DatabaseUrl) -> dict[str, object]:
 
 
 EXPECTED = {
-    "tables": ["alembic_version", "events", "log_head"],
+    "tables": ["alembic_version", "events", "log_head", "projection_checkpoints"],
     "unique": [("event_id",), ("position",), ("stream", "version")],
     "triggers": ["events_no_truncate", "events_no_update_or_delete"],
     "versions": [HEAD],

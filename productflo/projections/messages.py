@@ -1,0 +1,56 @@
+"""Message history: every event a room's members see, by room, as history pages read it."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+from productflo.envelopes import HISTORY_TYPES
+from productflo.events.models import RecordedEvent
+from productflo.projections.framework import Connection
+
+
+class Messages:
+    name = "messages"
+    tables: tuple[str, ...] = ("messages",)
+
+    def create(self, suffix: str) -> list[str]:
+        return [
+            f"""
+            CREATE TABLE messages{suffix} (
+                position    bigint      PRIMARY KEY,
+                event_id    uuid        NOT NULL,
+                room_id     text        NOT NULL,
+                version     bigint      NOT NULL,
+                type        text        NOT NULL,
+                data        jsonb       NOT NULL,
+                metadata    jsonb       NOT NULL,
+                recorded_at timestamptz NOT NULL
+            )
+            """,
+            f"CREATE INDEX ON messages{suffix} (room_id, position)",
+        ]
+
+    async def apply(
+        self, connection: Connection, events: Sequence[RecordedEvent], suffix: str
+    ) -> None:
+        kept = [e for e in events if e.room_id is not None and e.type in HISTORY_TYPES]
+        if not kept:
+            return
+        await connection.execute(
+            f"""
+            INSERT INTO messages{suffix}
+                (position, event_id, room_id, version, type, data, metadata, recorded_at)
+            SELECT p, i, r, v, t, d::jsonb, m::jsonb, a
+            FROM unnest($1::bigint[], $2::uuid[], $3::text[], $4::bigint[], $5::text[],
+                        $6::text[], $7::text[], $8::timestamptz[]) AS u(p, i, r, v, t, d, m, a)
+            """,
+            [e.position for e in kept],
+            [e.event_id for e in kept],
+            [e.room_id for e in kept],
+            [e.version for e in kept],
+            [e.type for e in kept],
+            [json.dumps(e.data) for e in kept],
+            [json.dumps(e.metadata) for e in kept],
+            [e.recorded_at for e in kept],
+        )

@@ -1,0 +1,91 @@
+"""Rooms: who opened each, whether from /ws/secure, how many members and messages, last activity.
+
+The room access rules (a room first used from /ws/secure is closed to anonymous connections) read
+`secure` from here.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from datetime import datetime
+
+from productflo.events.models import RecordedEvent
+from productflo.projections.framework import Connection
+from productflo.projections.memberships import apply_membership
+
+MESSAGE_TYPES = ("chat",)
+
+
+class Rooms:
+    name = "rooms"
+    tables: tuple[str, ...] = ("rooms", "room_members")
+
+    def create(self, suffix: str) -> list[str]:
+        return [
+            f"""
+            CREATE TABLE rooms{suffix} (
+                room_id       text        PRIMARY KEY,
+                created_by    text,
+                created_at    timestamptz NOT NULL,
+                secure        boolean     NOT NULL,
+                member_count  integer     NOT NULL DEFAULT 0,
+                message_count bigint      NOT NULL DEFAULT 0,
+                last_activity timestamptz NOT NULL
+            )
+            """,
+            f"""
+            CREATE TABLE room_members{suffix} (
+                user_id   text        NOT NULL,
+                room_id   text        NOT NULL,
+                position  bigint      NOT NULL,
+                joined_at timestamptz NOT NULL,
+                PRIMARY KEY (room_id, user_id)
+            )
+            """,
+        ]
+
+    async def apply(
+        self, connection: Connection, events: Sequence[RecordedEvent], suffix: str
+    ) -> None:
+        in_rooms = [e for e in events if e.room_id is not None]
+        if not in_rooms:
+            return
+        # A room is opened by the first event of its stream (version 1), and is secure when
+        # that event came from an authenticated connection.
+        opened = [e for e in in_rooms if e.version == 1]
+        if opened:
+            await connection.execute(
+                f"""
+                INSERT INTO rooms{suffix} (room_id, created_by, created_at, secure, last_activity)
+                SELECT r, u, a, s, a
+                FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::boolean[])
+                     AS x(r, u, a, s)
+                ON CONFLICT (room_id) DO NOTHING
+                """,
+                [e.room_id for e in opened],
+                [e.user_id for e in opened],
+                [e.recorded_at for e in opened],
+                [bool(e.metadata.get("authenticated")) for e in opened],
+            )
+        touched = await apply_membership(connection, f"room_members{suffix}", in_rooms)
+        messages = Counter(e.room_id for e in in_rooms if e.type in MESSAGE_TYPES)
+        latest: dict[str, datetime] = {e.room_id: e.recorded_at for e in in_rooms if e.room_id}
+        rooms = sorted(latest)
+        await connection.execute(
+            f"""
+            UPDATE rooms{suffix} AS r
+            SET message_count = r.message_count + x.messages,
+                last_activity = greatest(r.last_activity, x.latest),
+                member_count = CASE WHEN x.touched THEN
+                    (SELECT count(*) FROM room_members{suffix} m WHERE m.room_id = r.room_id)
+                    ELSE r.member_count END
+            FROM unnest($1::text[], $2::bigint[], $3::timestamptz[], $4::boolean[])
+                 AS x(room_id, messages, latest, touched)
+            WHERE r.room_id = x.room_id
+            """,
+            rooms,
+            [messages.get(room, 0) for room in rooms],
+            [latest[room] for room in rooms],
+            [room in touched for room in rooms],
+        )
