@@ -14,6 +14,7 @@ from productflo.auth import TokenVerifier
 from productflo.database import DatabaseUrl, resolve
 from productflo.errors import CloseCode, StoreError
 from productflo.events.store import EventStore
+from productflo.handlers.mentions import Mentions
 from productflo.hub import Hub
 from productflo.projections import PROJECTIONS
 from productflo.projections.framework import Runner
@@ -30,7 +31,8 @@ def create_app(settings: Settings, database: DatabaseUrl) -> FastAPI:
         await store.start()
         hub = Hub(store, poll_interval=settings.poll_interval)
         await hub.start()
-        runners = [Runner(store, p, settings.poll_interval) for p in PROJECTIONS.values()]
+        consumers = [*PROJECTIONS.values(), Mentions(store)]
+        runners = [Runner(store, c, settings.poll_interval) for c in consumers]
         for runner in runners:
             await runner.start()
         app.state.store, app.state.hub = store, hub

@@ -204,6 +204,8 @@ def welcome(user_id: str, details: JsonObject) -> JsonObject:
 # Stored event types members of a room see (live, replayed, in history pages).
 ROOM_TYPES = ("chat", "join", "leave")
 HISTORY_TYPES = ROOM_TYPES
+# Stored event types a user's own stream delivers to them.
+USER_TYPES = ("notification",)
 
 
 @dataclass(frozen=True)
@@ -219,6 +221,8 @@ def audience_of(type_: str, stream: str, actor: str | None) -> Audience | None:
     kind, _, name = stream.partition(":")
     if kind == "room" and type_ in ROOM_TYPES:
         return Audience("room", name)
+    if kind == "user" and type_ in USER_TYPES:
+        return Audience("user", name)
     if type_ in AI_CODES and actor is not None:
         # A request is acknowledged to its sender; the answer, a later event, goes to the room.
         return Audience("user", actor)
@@ -256,4 +260,8 @@ def _envelope_of(event: RecordedEvent) -> JsonObject:
         details = {"action": event.type, "user_id": actor, "room_id": event.room_id}
         data = {"message": f"{actor} {verb} the room", "details": details}
         return envelope("success", "system", actor, data, **common)
+    if event.type == "notification":
+        # The subject is the user notified; who caused it is in data.details.
+        common["room_id"] = event.data.get("details", {}).get("room_id")
+        return envelope("success", "notification", event.addressee, event.data, **common)
     return envelope("pending", event.type, actor, event.data, **common)

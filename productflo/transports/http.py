@@ -4,17 +4,21 @@ from __future__ import annotations
 
 from typing import Annotated
 
+import asyncpg
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
+from pydantic import BaseModel, Field
 
 from productflo import history
 from productflo.auth import Claims, TokenVerifier
-from productflo.envelopes import MAX_HISTORY_LIMIT, Identifier
-from productflo.errors import AuthenticationFailed
-from productflo.events.models import JsonObject
+from productflo.envelopes import MAX_HISTORY_LIMIT, Identifier, iso
+from productflo.errors import AuthenticationFailed, StoreError
+from productflo.events.models import JsonObject, NewEvent, user_stream
 from productflo.hub import Hub
+from productflo.projections.notifications import READ_TYPE
 
 router = APIRouter()
 
+MAX_NOTIFICATIONS = 100
 _CHALLENGE = {"WWW-Authenticate": "Bearer"}
 
 
@@ -30,7 +34,64 @@ def bearer_claims(request: Request) -> Claims:
         raise HTTPException(401, "the token is not valid", headers=_CHALLENGE) from None
 
 
+def admin_claims(claims: Annotated[Claims, Depends(bearer_claims)]) -> Claims:
+    """The claims of an admin token (`"role": "admin"` or `"roles"` with "admin"), or 403."""
+    if not claims.is_admin:
+        raise HTTPException(403, "an admin token is required")
+    return claims
+
+
 User = Annotated[Claims, Depends(bearer_claims)]
+Admin = Annotated[Claims, Depends(admin_claims)]
+
+
+@router.get("/users/me/notifications")
+async def my_notifications(
+    request: Request,
+    user: User,
+    unread: bool = False,
+    limit: Annotated[int, Query(gt=0, le=MAX_NOTIFICATIONS)] = MAX_NOTIFICATIONS,
+) -> JsonObject:
+    """The user's notifications, newest first (`unread=true`: only those not read yet)."""
+    hub: Hub = request.app.state.hub
+    rows = await hub.store.fetch(
+        """
+        SELECT position, data, created_at, read_at FROM notifications
+        WHERE user_id = $1 AND ($2 = false OR read_at IS NULL)
+        ORDER BY position DESC LIMIT $3
+        """,
+        user.subject,
+        unread,
+        limit,
+    )
+    return {"notifications": [_notification(row) for row in rows]}
+
+
+def _notification(row: asyncpg.Record) -> JsonObject:
+    return {
+        "event_id": row["position"],
+        **row["data"],
+        "created_at": iso(row["created_at"]),
+        "read": row["read_at"] is not None,
+    }
+
+
+class ReadUpTo(BaseModel):
+    up_to: int = Field(gt=0, description="the newest notification event_id the user has seen")
+
+
+@router.post("/users/me/notifications/read")
+async def mark_notifications_read(request: Request, user: User, body: ReadUpTo) -> JsonObject:
+    """Mark the user's notifications up to an event id as read (an event in their stream)."""
+    hub: Hub = request.app.state.hub
+    event = NewEvent(
+        user_stream(user.subject), READ_TYPE, {"up_to": body.up_to}, {"user_id": user.subject}
+    )
+    try:
+        [result] = await hub.store.append([event])
+    except StoreError:
+        raise HTTPException(503, "the event log is unavailable; try again") from None
+    return {"up_to": body.up_to, "event_id": result.event.position}
 
 
 @router.get("/rooms/{room_id}/messages")
