@@ -23,7 +23,6 @@ from typing import Protocol
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
-from productflo.errors import StoreError
 from productflo.events.models import RecordedEvent
 from productflo.events.store import EventStore
 from productflo.events.tailer import Tailer
@@ -143,12 +142,13 @@ class Runner:
                         self.position = await apply_batch(connection, self.projection, batch)
                     if self.position > tailer.position:
                         tailer.position = self.position  # someone else applied further ahead
-            except (StoreError, asyncpg.PostgresError, OSError):
+            except Exception:  # the database went away, or a batch failed: start over from the
+                # checkpoint, which the failed transaction did not move
                 log.warning("projection %s: retrying from its checkpoint", self.projection.name)
                 await asyncio.sleep(self._poll_interval)
             finally:
                 tailer.close()
-            with contextlib.suppress(StoreError, asyncpg.PostgresError, OSError):
+            with contextlib.suppress(Exception):
                 self.position = await checkpoint(self.store.pool, self.projection.name)
 
 
