@@ -1,4 +1,8 @@
-"""A room's past a page at a time, backwards: the `history` message and GET /rooms/{id}/messages."""
+"""A room's past a page at a time, backwards: the `history` message and GET /rooms/{id}/messages.
+
+Pages are read from the messages projection, and, for what the projection has not applied yet,
+from the log itself: a message acknowledged a moment ago is in the next page already.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,10 @@ from dataclasses import dataclass
 from productflo.envelopes import HISTORY_TYPES, render_event
 from productflo.events.models import JsonObject, room_stream
 from productflo.events.store import EventStore
+from productflo.projections.framework import checkpoint
+from productflo.projections.messages import Messages
+
+_NEWEST = 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -20,8 +28,14 @@ class Page:
 
 async def page(store: EventStore, room_id: str, before: int | None, limit: int) -> Page:
     """The room's `limit` newest visible events before `before` (an event id), oldest first."""
-    events = await store.read_stream(
-        room_stream(room_id), before=before, limit=limit + 1, types=HISTORY_TYPES
+    before = before or _NEWEST
+    applied = await checkpoint(store.pool, Messages.name)
+    recent = await store.read_stream(
+        room_stream(room_id), before=before, after=applied, limit=limit + 1, types=HISTORY_TYPES
     )
+    if len(recent) <= limit:
+        older = await Messages.page(store, room_id, min(before, applied + 1), limit + 1)
+        recent = older + recent
+    events = recent[-(limit + 1) :]
     rendered = [r.envelope for e in events[-limit:] if (r := render_event(e)) is not None]
     return Page(rendered, has_more=len(events) > limit)

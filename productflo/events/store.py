@@ -87,7 +87,8 @@ async def connect(dsn: str) -> asyncpg.Connection:
     return connection
 
 
-def _record(row: asyncpg.Record | Mapping[str, Any]) -> RecordedEvent:
+def record(row: asyncpg.Record | Mapping[str, Any]) -> RecordedEvent:
+    """A row with the events table's columns, as a RecordedEvent."""
     return RecordedEvent(
         position=row["position"],
         event_id=row["event_id"],
@@ -270,7 +271,7 @@ class EventStore:
             after,
             limit,
         )
-        return [_record(row) for row in rows]
+        return [record(row) for row in rows]
 
     async def read_positions(self, positions: list[int]) -> list[RecordedEvent]:
         """The events at the given positions, oldest first."""
@@ -278,29 +279,32 @@ class EventStore:
             f"SELECT {_COLUMNS} FROM events WHERE position = ANY($1::bigint[]) ORDER BY position",
             positions,
         )
-        return [_record(row) for row in rows]
+        return [record(row) for row in rows]
 
     async def read_stream(
         self,
         stream: str,
         *,
         before: int | None = None,
+        after: int = 0,
         limit: int = 100,
         types: Iterable[str] | None = None,
     ) -> list[RecordedEvent]:
-        """The newest `limit` events of a stream before a position, oldest first."""
+        """The newest `limit` events of a stream between two positions, oldest first."""
         rows = await self.fetch(
             f"""
             SELECT {_COLUMNS} FROM events
-            WHERE stream = $1 AND position < $2 AND ($3::text[] IS NULL OR type = ANY($3))
-            ORDER BY position DESC LIMIT $4
+            WHERE stream = $1 AND position < $2 AND position > $3
+              AND ($4::text[] IS NULL OR type = ANY($4))
+            ORDER BY position DESC LIMIT $5
             """,
             stream,
             before if before is not None else 2**63 - 1,
+            after,
             list(types) if types is not None else None,
             limit,
         )
-        return [_record(row) for row in reversed(rows)]
+        return [record(row) for row in reversed(rows)]
 
     async def head(self) -> int:
         """The position of the newest committed event (0 for an empty log)."""
@@ -461,7 +465,7 @@ async def _append_prepared(connection: asyncpg.Connection, batch: list[_Prepared
             new.append(recorded)
             results.append(AppendResult(recorded, duplicate=False))
         elif row["stream"] is not None:  # written by an earlier batch: as it was stored
-            stored = _record({**row, "event_id": event.event_id})
+            stored = record({**row, "event_id": event.event_id})
             results.append(AppendResult(stored, duplicate=True))
         else:  # repeated inside this batch: its first occurrence
             results.append(AppendResult(written[event.event_id], duplicate=True))

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 from productflo.envelopes import HISTORY_TYPES
 from productflo.events.models import RecordedEvent
+from productflo.events.store import EventStore, record
 from productflo.projections.framework import Connection
 
 
@@ -30,6 +31,22 @@ class Messages:
             """,
             f"CREATE INDEX ON messages{suffix} (room_id, position)",
         ]
+
+    @staticmethod
+    async def page(store: EventStore, room_id: str, before: int, limit: int) -> list[RecordedEvent]:
+        """The room's newest `limit` events before `before`, oldest first."""
+        rows = await store.fetch(
+            """
+            SELECT position, event_id, 'room:' || room_id AS stream, version, type, data,
+                   metadata, recorded_at
+            FROM messages WHERE room_id = $1 AND position < $2
+            ORDER BY position DESC LIMIT $3
+            """,
+            room_id,
+            before,
+            limit,
+        )
+        return [record(row) for row in reversed(rows)]
 
     async def apply(
         self, connection: Connection, events: Sequence[RecordedEvent], suffix: str
