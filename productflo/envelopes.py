@@ -90,8 +90,7 @@ def parse_inbound(frame: str | bytes, connection_user: str) -> Inbound:
         raise ProtocolError(ErrorCode.INVALID_JSON, "The message is not valid JSON") from None
     if not isinstance(raw, dict):
         raise ProtocolError(ErrorCode.INVALID_JSON, "The message must be a JSON object")
-    echo = raw.get("client_msg_id")
-    echo = echo if isinstance(echo, str) and 0 < len(echo) <= 64 and "\x00" not in echo else None
+    echo = _echo(raw)
 
     def refuse(error_code: ErrorCode, message: str) -> ProtocolError:
         return ProtocolError(error_code, message, client_msg_id=echo)
@@ -114,6 +113,21 @@ def parse_inbound(frame: str | bytes, connection_user: str) -> Inbound:
     if inbound.code in ROOM_CODES and inbound.room_id is None:
         raise refuse(ErrorCode.ROOM_ID_REQUIRED, f"room_id is required for {code}")
     return inbound
+
+
+def client_msg_id_in(frame: str | bytes) -> str | None:
+    """The `client_msg_id` of a frame that is refused before it is parsed (over the rate
+    limit), so that the refusal names the message it refused; None when there is none."""
+    try:
+        raw = json.loads(frame)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return _echo(raw) if isinstance(raw, dict) else None
+
+
+def _echo(raw: dict[str, Any]) -> str | None:
+    echo = raw.get("client_msg_id")
+    return echo if isinstance(echo, str) and 0 < len(echo) <= 64 and "\x00" not in echo else None
 
 
 def _has_nul(value: Any) -> bool:

@@ -34,6 +34,7 @@ from productflo.envelopes import (
     MAX_HISTORY_LIMIT,
     Inbound,
     InboundCode,
+    client_msg_id_in,
     envelope,
     error_envelope,
     parse_inbound,
@@ -61,6 +62,7 @@ _REJECTED_FRAME_KEPT = 2048  # characters of a refused frame kept in the log for
 # Live events held for a replaying client, in multiples of the outbound queue, before 1013.
 HELD_FACTOR = 10
 MAX_IN_FLIGHT = 100  # appends of one connection awaiting their commit; then reading pauses
+CATCH_UP_SECONDS = 10.0  # longest wait for this process to reach a resuming client's position
 
 
 class Transport(Protocol):
@@ -160,6 +162,7 @@ class Session:
         """
         if resume is not None:
             self._held = deque()
+            await self._catch_up(resume)
         attachment = await self._hub.attach(self)
         self._writer = asyncio.create_task(self._write(), name=f"session-writer-{self.id}")
         self._follower = asyncio.create_task(self._follow(), name=f"session-acks-{self.id}")
@@ -174,6 +177,19 @@ class Session:
             self._replayer = asyncio.create_task(
                 self._replay(resume, attachment.position), name=f"session-replay-{self.id}"
             )
+
+    async def _catch_up(self, resume: Resume) -> None:
+        """Wait until this process has dispatched the position the client resumes from, when the
+        log has it. Processes sharing a log dispatch it a little apart (up to the poll interval
+        when a NOTIFY is lost), so a client may have seen, through another process, a position
+        this one has not reached yet; attached before it, the session would take it for a
+        position of another log and answer reset."""
+        store = self._hub.store
+        if resume.log_id not in (None, str(store.log_id)):
+            return
+        if self._hub.dispatched < resume.last_event_id <= await store.head():
+            async with asyncio.timeout(CATCH_UP_SECONDS):
+                await self._hub.dispatched_past(resume.last_event_id)
 
     async def finish(self) -> None:
         """The client is gone: stop delivering, stop writing."""
@@ -296,7 +312,11 @@ class Session:
             if self._limiter.refused_is_abuse():
                 self.request_close(CloseCode.POLICY_VIOLATION, "rate limit persistently exceeded")
             else:
-                self._refuse(ProtocolError(ErrorCode.RATE_LIMITED, "Too many messages; slow down"))
+                echo = client_msg_id_in(frame)
+                refusal = ProtocolError(
+                    ErrorCode.RATE_LIMITED, "Too many messages; slow down", client_msg_id=echo
+                )
+                self._refuse(refusal)
             return
         try:
             inbound = parse_inbound(frame, self.user_id)

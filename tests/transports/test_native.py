@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -10,6 +11,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import httpx
 import pytest
+from websockets.exceptions import ConnectionClosed
 
 from productflo.envelopes import WELCOME_MESSAGE
 from tests.conftest import ServerThread
@@ -309,8 +311,10 @@ async def test_persistent_flooding_closes_1008(connect: Any, server: ServerThrea
     alice = await connect("/ws?user_id=alice")
     flood = json.dumps({"code": "typing", "room_id": "r", "data": {"is_typing": True}})
     rate = server.settings.rate_limit
-    for _ in range(int(2 * rate + 10 * rate + 10)):
-        await alice.send(flood)
+    # At least the burst plus the refusal allowance; more if a loaded machine refills them.
+    with contextlib.suppress(ConnectionClosed):
+        for _ in range(int(100 * rate)):
+            await alice.send(flood)
     assert await alice.closed_with() == 1008
 
 
