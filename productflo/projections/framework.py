@@ -98,6 +98,8 @@ async def apply_batch(
             projection.name,
         )
         fresh = [event for event in events if event.position > position]
+        if fresh and fresh[0].position != position + 1:
+            return int(position)  # the checkpoint is behind this batch: read on from it instead
         if fresh:
             await projection.apply(connection, fresh, "")
             position = fresh[-1].position
@@ -140,8 +142,9 @@ class Runner:
                     batch = await tailer.next_batch()
                     async with self.store.pool.acquire() as connection:
                         self.position = await apply_batch(connection, self.projection, batch)
-                    if self.position > tailer.position:
-                        tailer.position = self.position  # someone else applied further ahead
+                    # Another process may have applied further ahead (skip it), or the checkpoint
+                    # may be behind what we read (read on from it): the checkpoint decides.
+                    tailer.position = self.position
             except Exception:  # the database went away, or a batch failed: start over from the
                 # checkpoint, which the failed transaction did not move
                 log.warning("projection %s: retrying from its checkpoint", self.projection.name)

@@ -1,0 +1,69 @@
+"""`productflo projections status` and `productflo projections rebuild [NAME ...]`."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Sequence
+
+from tqdm import tqdm
+
+from productflo.database import DatabaseUrl
+from productflo.events.store import EventStore
+from productflo.projections import PROJECTIONS
+from productflo.projections.framework import ensure_tables, rebuild, status
+
+
+class UnknownProjection(ValueError):
+    pass
+
+
+def chosen(names: Sequence[str]) -> list[str]:
+    """The projections named (all of them when none is), or UnknownProjection."""
+    unknown = [name for name in names if name not in PROJECTIONS]
+    if unknown:
+        known = ", ".join(PROJECTIONS)
+        raise UnknownProjection(f"unknown projection {', '.join(unknown)} (known: {known})")
+    return list(names) or list(PROJECTIONS)
+
+
+async def print_status(database: DatabaseUrl) -> None:
+    store = EventStore(database.dsn)
+    await store.start()
+    try:
+        async with store.pool.acquire() as connection:
+            for projection in PROJECTIONS.values():
+                await ensure_tables(connection, projection)
+        rows = await status(store.pool, list(PROJECTIONS))
+    finally:
+        await store.close()
+    print(f"{'projection':<16} {'position':>12} {'head':>12} {'lag':>10}")
+    for row in rows:
+        print(f"{row.name:<16} {row.position:>12} {row.head:>12} {row.lag:>10}")
+
+
+async def run_rebuild(database: DatabaseUrl, names: Sequence[str]) -> None:
+    store = EventStore(database.dsn)
+    await store.start()
+    try:
+        for name in names:
+            await _rebuild_one(store, name)
+    finally:
+        await store.close()
+
+
+async def _rebuild_one(store: EventStore, name: str) -> None:
+    bar = tqdm(desc=name, unit="ev", unit_scale=True, file=sys.stderr, dynamic_ncols=True)
+    started = time.perf_counter()
+
+    def progress(position: int, head: int) -> None:
+        bar.total = head
+        bar.update(position - bar.n)
+
+    try:
+        applied = await rebuild(store, PROJECTIONS[name], progress)
+    finally:
+        bar.close()
+    seconds = time.perf_counter() - started
+    rate = applied / seconds if seconds > 0 else 0.0
+    print(f"{name}: rebuilt from {applied} events in {seconds:.1f} s ({rate:,.0f} events/s)")
