@@ -19,7 +19,7 @@ from productflo.hub import Hub
 from productflo.projections import PROJECTIONS
 from productflo.projections.framework import Runner
 from productflo.settings import Settings
-from productflo.transports import http, native
+from productflo.transports import admin, http, native
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,7 @@ def create_app(settings: Settings, database: DatabaseUrl) -> FastAPI:
     app.state.verifier = TokenVerifier(settings)
     app.include_router(native.router)
     app.include_router(http.router)
+    app.include_router(admin.router)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

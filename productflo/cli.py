@@ -1,16 +1,25 @@
-"""`productflo`: serve, migrate, mint tokens."""
+"""`productflo`: serve, migrate, mint tokens, audit the log."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import io
+import json
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
 from types import FrameType
 
-from productflo import auth, migrate
+from pydantic import ValidationError
+from pydantic_core import ErrorDetails
+
+from productflo import audit, auth, migrate
 from productflo.database import resolve
+from productflo.errors import StoreError
+from productflo.events import store
 from productflo.settings import Settings, export_database_url
 
 log = logging.getLogger("productflo")
@@ -50,6 +59,30 @@ def _parser() -> argparse.ArgumentParser:
     mint.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds (default 3600)")
     mint.add_argument("--rooms", help="comma list of room names the token may use (* wildcard)")
     mint.set_defaults(run=_token_mint)
+
+    audit_parser = commands.add_parser("audit", help="events from the log, oldest first")
+    audit_parser.add_argument("--room", help="only the events of this room")
+    audit_parser.add_argument("--user", help="only the events of this user (metadata.user_id)")
+    audit_parser.add_argument(
+        "--code",
+        help="only this code: a message code (chat, join, ...) or the error code of a rejected "
+        "message (INVALID_JSON, ...)",
+    )
+    audit_parser.add_argument("--since", metavar="ISO", help="recorded at or after (ISO 8601; UTC)")
+    audit_parser.add_argument("--until", metavar="ISO", help="recorded before (ISO 8601; UTC)")
+    audit_parser.add_argument(
+        "--after", type=int, default=0, metavar="EVENT_ID", help="only events after this one"
+    )
+    audit_parser.add_argument(
+        "--limit", type=int, default=audit.DEFAULT_LIMIT, help="most events shown (default 100)"
+    )
+    audit_parser.add_argument(
+        "--format",
+        choices=["table", "jsonl"],
+        default="table",
+        help="a table for people (default), or one JSON object a line as GET /admin/events",
+    )
+    audit_parser.set_defaults(run=_audit)
     return parser
 
 
@@ -105,3 +138,71 @@ def _token_mint(args: argparse.Namespace) -> int:
     rooms = [item.strip() for item in args.rooms.split(",") if item.strip()] if args.rooms else None
     print(auth.mint(Settings(), args.user_id, admin=args.admin, ttl=args.ttl, rooms=rooms))
     return 0
+
+
+_AUDIT_OPTIONS = {"room_id": "--room", "user_id": "--user"}
+
+
+def _audit(args: argparse.Namespace) -> int:
+    try:
+        audit_filter = _audit_filter(args)
+    except ValueError as error:
+        print(f"productflo audit: error: {error}", file=sys.stderr)
+        return 2
+    database = resolve(Settings())
+    try:
+        asyncio.run(_print_audit(database.dsn, audit_filter, args.limit, args.format))
+    except StoreError as error:
+        print(f"productflo audit: {error}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        # The reader went away (`| head`): not an error. Keep the exit from writing again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 0
+
+
+def _audit_filter(args: argparse.Namespace) -> audit.AuditFilter:
+    """The filter of the command line, or ValueError naming the option at fault."""
+    try:
+        return audit.AuditFilter(
+            room_id=args.room,
+            user_id=args.user,
+            code=args.code,
+            since=args.since,
+            until=args.until,
+            after=args.after,
+            limit=min(args.limit, audit.MAX_LIMIT),
+        )
+    except ValidationError as error:
+        raise ValueError("; ".join(_problem(e) for e in error.errors())) from None
+
+
+def _problem(error: ErrorDetails) -> str:
+    """One validation error as the option it concerns and what is wrong with it."""
+    message = error["msg"].removeprefix("Value error, ")
+    if not error["loc"]:
+        return message
+    field = str(error["loc"][0])
+    return f"{_AUDIT_OPTIONS.get(field, '--' + field)}: {message}"
+
+
+async def _print_audit(dsn: str, audit_filter: audit.AuditFilter, total: int, form: str) -> None:
+    """Print up to `total` events, a page at a time; say on stderr where more would follow."""
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(errors="replace")  # a table on a terminal that is not UTF-8
+    connection = await store.connect(dsn)
+    try:
+        next_after: int | None = None
+        header_due = form == "table"  # once the first page shows that the log can be read
+        async for page in audit.pages(connection, audit_filter, total):
+            if header_due:
+                print(audit.table_header())
+                header_due = False
+            for event in page.events:
+                print(json.dumps(event) if form == "jsonl" else audit.table_line(event))
+            next_after = page.next_after
+        sys.stdout.flush()
+    finally:
+        await connection.close()
+    if next_after is not None:
+        print(f"more events follow: continue with --after {next_after}", file=sys.stderr)

@@ -1,0 +1,315 @@
+"""The audit: events from the log by room, user, code and time, oldest first, a page at a time.
+
+One module answers both `GET /admin/events` and `productflo audit`, so that the two print the same
+objects (SPEC section 3):
+
+    {"event_id", "type", "stream", "code", "user_id", "room_id", "data", "metadata", "recorded_at"}
+
+- `event_id` is the event's position in the log (what clients see as `event_id`).
+- `code` is what an operator searches by: the message code for a client message (the event's
+  `type`: `chat`, `join`, `idea`, ...), and for a rejected message (type `rejected`) the
+  `error_code` it was refused with (`INVALID_JSON`, `UNSUPPORTED_MESSAGE_TYPE`, ...). The filter
+  `code` matches that value, so `code=INVALID_JSON` finds the frames that were not JSON.
+- `user_id` is `metadata.user_id`, the user who sent the message; `room_id` is the room of a
+  `room:<id>` stream, else null.
+- `recorded_at` is ISO 8601 in UTC with a `Z`.
+
+Paging is by cursor: `after` is the last `event_id` already seen; a page's `next_after` is its last
+`event_id` when more events match, else None. Positions only grow, so paging never skips or
+repeats an event, even while the log grows.
+
+Every filter is an index range read in position order (migrations 0001 and 0005), so a page costs
+about the same on a log of millions of events as on an empty one. A time range is turned into a
+position range first: `recorded_at` grows with position (append_events() takes it under the head
+lock, migration 0003), so one probe at each end of the `recorded_at` index gives the first and
+the last position, and the filter then reads the position range like any other. The time
+predicates still apply to every row, so a result is never outside the range asked for.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Annotated, Any, Self
+
+import asyncpg
+import asyncpg.pool
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    model_validator,
+)
+
+from productflo.envelopes import Identifier, iso
+from productflo.errors import StoreError, StoreUnavailable
+from productflo.events.models import JsonObject, RecordedEvent, room_stream
+from productflo.events.store import EventStore
+
+DEFAULT_LIMIT = 100
+MAX_LIMIT = 1000
+REJECTED = "rejected"
+
+# The audit code of an event in SQL. It must stay identical to the expression of the index
+# events_audit_code (migration 0005): the planner uses the index only for the same expression.
+CODE_SQL = "CASE WHEN type = 'rejected' THEN data->>'error_code' ELSE type END"
+
+_COLUMNS = "position, event_id, stream, version, type, data, metadata, recorded_at"
+_FIRST_AT_OR_AFTER = """
+    SELECT position FROM events WHERE recorded_at >= $1 ORDER BY recorded_at, position LIMIT 1
+"""
+_LAST_BEFORE = """
+    SELECT position FROM events WHERE recorded_at < $1
+    ORDER BY recorded_at DESC, position DESC LIMIT 1
+"""
+_DRIVER_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    asyncpg.PostgresError,
+)
+
+
+def parse_time(value: object) -> datetime:
+    """An ISO 8601 timestamp (`2026-11-26T12:00:00Z`, `2026-11-26`, ...); no offset means UTC."""
+    if isinstance(value, datetime):
+        moment = value
+    elif isinstance(value, str):
+        try:
+            moment = datetime.fromisoformat(value.strip())
+        except ValueError:
+            raise ValueError(
+                f"{value!r} is not an ISO 8601 timestamp (e.g. 2026-11-26T12:00:00Z)"
+            ) from None
+    else:
+        raise ValueError("expected an ISO 8601 timestamp (e.g. 2026-11-26T12:00:00Z)")
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+Timestamp = Annotated[datetime, BeforeValidator(parse_time)]
+UserId = Annotated[str, StringConstraints(min_length=1, max_length=128)]
+Code = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+
+
+class AuditFilter(BaseModel):
+    """Which events, and which page of them. Every filter given must match (AND).
+
+    `since` is inclusive and `until` exclusive (`since <= recorded_at < until`).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    room_id: Identifier | None = None
+    user_id: UserId | None = None
+    code: Code | None = None
+    since: Timestamp | None = None
+    until: Timestamp | None = None
+    after: Annotated[int, Field(ge=0, le=2**63 - 1)] = 0
+    limit: Annotated[int, Field(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT
+
+    @model_validator(mode="after")
+    def _ordered_range(self) -> Self:
+        if self.since is not None and self.until is not None and self.since >= self.until:
+            raise ValueError("since must be earlier than until")
+        return self
+
+
+@dataclass(frozen=True)
+class AuditPage:
+    events: list[JsonObject]  # audit objects, oldest first
+    next_after: int | None  # the cursor for the next page; None when nothing more matches
+
+    def as_json(self) -> JsonObject:
+        return {"events": self.events, "next_after": self.next_after}
+
+
+def code_of(type_: str, data: JsonObject) -> str:
+    """The audit code: a rejected message's error code, else the event's type (CODE_SQL)."""
+    if type_ == REJECTED:
+        error_code = data.get("error_code")
+        return error_code if isinstance(error_code, str) else type_
+    return type_
+
+
+def audit_object(event: RecordedEvent) -> JsonObject:
+    """An event as the audit shows it (SPEC section 3)."""
+    return {
+        "event_id": event.position,
+        "type": event.type,
+        "stream": event.stream,
+        "code": code_of(event.type, event.data),
+        "user_id": event.user_id,
+        "room_id": event.room_id,
+        "data": event.data,
+        "metadata": event.metadata,
+        "recorded_at": iso(event.recorded_at),
+    }
+
+
+Source = EventStore | asyncpg.Pool | asyncpg.Connection
+_Connection = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
+
+
+async def query(source: Source, audit_filter: AuditFilter) -> AuditPage:
+    """One page of the events that match, oldest first.
+
+    `source` is the server's EventStore, a pool, or a connection; its connections must decode
+    jsonb (as those of productflo.events.store do). Raises StoreUnavailable when the database
+    cannot answer, StoreError when it holds no event log.
+    """
+    try:
+        if isinstance(source, asyncpg.Connection):
+            return await _query(source, audit_filter)
+        pool = source.pool if isinstance(source, EventStore) else source
+        async with pool.acquire() as connection:
+            return await _query(connection, audit_filter)
+    except asyncpg.UndefinedTableError as error:
+        raise StoreError("the database holds no event log: run `productflo db upgrade`") from error
+    except _DRIVER_ERRORS as error:
+        raise StoreUnavailable("the database is unreachable") from error
+
+
+async def pages(
+    source: Source, audit_filter: AuditFilter, total: int, page_size: int = MAX_LIMIT
+) -> AsyncIterator[AuditPage]:
+    """Pages of at most `page_size` events from `audit_filter.after` on, until `total` events
+    or the end of what matches. The last page's `next_after` says where to continue when more
+    events match than `total` (`audit_filter.limit` is not used)."""
+    remaining, cursor = total, audit_filter
+    while remaining > 0:
+        size = min(remaining, page_size, MAX_LIMIT)
+        page = await query(source, cursor.model_copy(update={"limit": size}))
+        yield page
+        remaining -= len(page.events)
+        if page.next_after is None:
+            return
+        cursor = cursor.model_copy(update={"after": page.next_after})
+
+
+async def _query(connection: _Connection, audit_filter: AuditFilter) -> AuditPage:
+    # asyncpg prepares and caches statements, and after five runs PostgreSQL may switch one to
+    # a generic plan, made for no value in particular. Values of one filter differ by orders of
+    # magnitude in frequency (a busy user, a rare error code): plan each query for its values.
+    async with connection.transaction(readonly=True):
+        await connection.execute("SET LOCAL plan_cache_mode = force_custom_plan")
+        bounds = await _position_bounds(connection, audit_filter)
+        if bounds is None:
+            return AuditPage([], None)
+        sql, args = _select(audit_filter, *bounds)
+        rows = await connection.fetch(sql, *args)
+    events = [audit_object(RecordedEvent(**dict(row))) for row in rows[: audit_filter.limit]]
+    more = len(rows) > audit_filter.limit
+    return AuditPage(events, events[-1]["event_id"] if more else None)
+
+
+async def _position_bounds(
+    connection: _Connection, audit_filter: AuditFilter
+) -> tuple[int, int | None] | None:
+    """The positions to read: after the first (exclusive) up to the second (inclusive; None for
+    the head of the log), or None when the time range holds no event."""
+    after, last = audit_filter.after, None
+    if audit_filter.since is not None:
+        first = await connection.fetchval(_FIRST_AT_OR_AFTER, audit_filter.since)
+        if first is None:
+            return None
+        after = max(after, first - 1)
+    if audit_filter.until is not None:
+        last = await connection.fetchval(_LAST_BEFORE, audit_filter.until)
+        if last is None or last <= after:
+            return None
+    return after, last
+
+
+def _select(audit_filter: AuditFilter, after: int, last: int | None) -> tuple[str, list[Any]]:
+    """The page's SELECT with only the filters given, and its arguments."""
+    args: list[Any] = [after]
+    where = ["position > $1"]
+
+    def condition(template: str, value: Any) -> None:
+        args.append(value)
+        where.append(template.format(f"${len(args)}"))
+
+    if last is not None:
+        condition("position <= {}", last)
+    if audit_filter.room_id is not None:
+        condition("stream = {}", room_stream(audit_filter.room_id))
+    if audit_filter.user_id is not None:
+        condition("metadata->>'user_id' = {}", audit_filter.user_id)
+    if audit_filter.code is not None:
+        condition(f"{CODE_SQL} = {{}}", audit_filter.code)
+    if audit_filter.since is not None:
+        condition("recorded_at >= {}", audit_filter.since)
+    if audit_filter.until is not None:
+        condition("recorded_at < {}", audit_filter.until)
+    args.append(audit_filter.limit + 1)
+    sql = (
+        f"SELECT {_COLUMNS} FROM events WHERE {' AND '.join(where)} "
+        f"ORDER BY position LIMIT ${len(args)}"
+    )
+    return sql, args
+
+
+# -- the table for people (`productflo audit --format table`) -------------------------------------
+
+_TABLE_COLUMNS = (  # title, width, right-aligned
+    ("EVENT_ID", 10, True),
+    ("RECORDED_AT", 24, False),
+    ("TYPE", 13, False),
+    ("CODE", 24, False),
+    ("ROOM", 14, False),
+    ("USER", 14, False),
+)
+SUMMARY_WIDTH = 48
+
+
+def table_header() -> str:
+    return _table_line([title for title, _, _ in _TABLE_COLUMNS], "SUMMARY")
+
+
+def table_line(event: JsonObject) -> str:
+    """One audit object as a fixed-width line: long values are cut short with an ellipsis."""
+    recorded = str(event["recorded_at"])
+    if len(recorded) > 24:  # microseconds: milliseconds are enough to read
+        recorded = recorded[:23] + "Z"
+    cells = [
+        str(event["event_id"]),
+        recorded,
+        str(event["type"]),
+        str(event["code"]),
+        event["room_id"] or "-",
+        event["user_id"] or "-",
+    ]
+    return _table_line(cells, summary(event))
+
+
+def summary(event: JsonObject) -> str:
+    """A short, one-line account of an event's data: the message text, or the refused frame
+    (its error code is in the CODE column)."""
+    data = event["data"]
+    message = data.get("message") if isinstance(data, dict) else None
+    if event["type"] == REJECTED and isinstance(data, dict):
+        text = str(data.get("frame", ""))
+    elif isinstance(message, str):
+        text = message
+    elif not data:
+        text = "-"
+    else:
+        text = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    return _cut(" ".join(text.split()), SUMMARY_WIDTH)
+
+
+def _table_line(cells: list[str], last: str) -> str:
+    parts = []
+    for cell, (_, width, right) in zip(cells, _TABLE_COLUMNS, strict=True):
+        value = _cut(" ".join(cell.split()), width)
+        parts.append(value.rjust(width) if right else value.ljust(width))
+    return " ".join([*parts, last]).rstrip()
+
+
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
