@@ -20,6 +20,7 @@ from productflo import audit, auth, migrate
 from productflo.database import resolve
 from productflo.errors import StoreError
 from productflo.events import store
+from productflo.projections import commands
 from productflo.settings import Settings, export_database_url
 
 log = logging.getLogger("productflo")
@@ -83,7 +84,34 @@ def _parser() -> argparse.ArgumentParser:
         help="a table for people (default), or one JSON object a line as GET /admin/events",
     )
     audit_parser.set_defaults(run=_audit)
+
+    projections = commands.add_parser("projections", help="the read models").add_subparsers(
+        required=True, metavar="ACTION"
+    )
+    projections.add_parser(
+        "status", help="each projection's position, the log's head, and the lag"
+    ).set_defaults(run=_projections_status)
+    rebuild = projections.add_parser(
+        "rebuild", help="replay the log into fresh tables and swap them in (progress shown)"
+    )
+    rebuild.add_argument("names", nargs="*", metavar="NAME", help="default: all of them")
+    rebuild.set_defaults(run=_projections_rebuild)
     return parser
+
+
+def _projections_status(args: argparse.Namespace) -> int:
+    asyncio.run(commands.print_status(resolve(Settings())))
+    return 0
+
+
+def _projections_rebuild(args: argparse.Namespace) -> int:
+    try:
+        names = commands.chosen(args.names)
+    except commands.UnknownProjection as error:
+        print(f"productflo projections rebuild: {error}", file=sys.stderr)
+        return 2
+    asyncio.run(commands.run_rebuild(resolve(Settings()), names))
+    return 0
 
 
 def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:

@@ -107,9 +107,9 @@ async def test_a_message_sent_during_a_rebuild_is_in_history_afterwards(
         await rebuild(
             store,
             PROJECTIONS["messages"],
-            lambda position, head: tasks.append(asyncio.ensure_future(during(position, head)))
-            if not tasks
-            else None,
+            lambda position, head: (
+                tasks.append(asyncio.ensure_future(during(position, head))) if not tasks else None
+            ),
         )
         await asyncio.gather(*tasks)
     finally:
@@ -173,3 +173,74 @@ async def test_a_crash_between_an_event_and_its_projection_repeats_and_loses_not
         await connection.close()
         await store.close()
     assert (await _snapshot(server.database))["messages"] == expected
+
+
+def _admin_headers(server: ServerThread, admin: bool = True) -> dict[str, str]:
+    return {"Authorization": f"Bearer {mint(server.settings, 'ops', admin=admin)}"}
+
+
+async def test_admin_projection_status_and_rebuild_over_http(
+    connect: Any, server: ServerThread
+) -> None:
+    await _conversation(connect)
+    await _caught_up(server.database)
+    live = await _snapshot(server.database)
+    async with httpx.AsyncClient(base_url=server.http) as http:
+        assert (await http.get("/admin/projections")).status_code == 401
+        forbidden = await http.get("/admin/projections", headers=_admin_headers(server, False))
+        assert forbidden.status_code == 403
+        status = (await http.get("/admin/projections", headers=_admin_headers(server))).json()
+        assert {p["name"] for p in status["projections"]} == set(PROJECTIONS)
+        assert all(p["lag"] == 0 and not p["rebuilding"] for p in status["projections"])
+
+        started = await http.post(
+            "/admin/projections/messages/rebuild", headers=_admin_headers(server)
+        )
+        assert started.status_code == 202
+        async with asyncio.timeout(15):
+            while True:
+                status = (
+                    await http.get("/admin/projections", headers=_admin_headers(server))
+                ).json()
+                if not any(p["rebuilding"] for p in status["projections"]):
+                    break
+                await asyncio.sleep(0.05)
+        missing = await http.post("/admin/projections/nope/rebuild", headers=_admin_headers(server))
+        assert missing.status_code == 404
+    assert await _snapshot(server.database) == live
+
+
+def test_the_cli_shows_status_and_rebuilds_with_progress(
+    server: ServerThread, tmp_path: Any
+) -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    productflo = str(Path(sys.executable).with_name("productflo"))
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "PRODUCTFLO_DATABASE_URL": server.database.dsn,
+        "PRODUCTFLO_DATA_DIR": str(tmp_path),
+    }
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [productflo, "projections", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+
+    status = run("status")
+    assert status.returncode == 0, status.stderr
+    for name in PROJECTIONS:
+        assert name in status.stdout
+    rebuilt = run("rebuild", "rooms", "messages")
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    assert "rooms: rebuilt from" in rebuilt.stdout and "events/s" in rebuilt.stdout
+    assert "messages" in rebuilt.stderr  # the progress bar
+    unknown = run("rebuild", "nope")
+    assert unknown.returncode == 2 and "unknown projection nope" in unknown.stderr
