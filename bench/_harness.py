@@ -15,7 +15,6 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
@@ -58,7 +57,7 @@ def postgres_root(workdir: Path) -> Iterator[tuple[DatabaseUrl, str]]:
 
 
 def with_database(root: DatabaseUrl, name: str) -> DatabaseUrl:
-    return DatabaseUrl(urlunsplit(urlsplit(root.dsn)._replace(path=f"/{name}")))
+    return root.with_database(name)
 
 
 async def _admin(root: DatabaseUrl, statement: str) -> None:

@@ -52,9 +52,8 @@ def postgres_root() -> Iterator[DatabaseUrl]:
 
 
 def _with_database(url: DatabaseUrl, name: str) -> DatabaseUrl:
-    from urllib.parse import urlsplit, urlunsplit
 
-    return DatabaseUrl(urlunsplit(urlsplit(url.dsn)._replace(path=f"/{name}")))
+    return url.with_database(name)
 
 
 async def _admin(root: DatabaseUrl, *statements: str) -> None:

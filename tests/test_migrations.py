@@ -37,7 +37,7 @@ def empty_database(postgres_root: DatabaseUrl) -> Iterator[DatabaseUrl]:
     """A database with nothing in it, on the test server."""
     name = f"productflo_empty_{os.getpid()}_{uuid.uuid4().hex[:8]}"
     asyncio.run(_execute(postgres_root, f"CREATE DATABASE {name}"))
-    yield DatabaseUrl(urlunsplit(urlsplit(postgres_root.dsn)._replace(path=f"/{name}")))
+    yield postgres_root.with_database(name)
     asyncio.run(_execute(postgres_root, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
 
 

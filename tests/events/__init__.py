@@ -6,7 +6,6 @@ import asyncio
 from collections.abc import AsyncIterator, Coroutine, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any, TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
@@ -34,7 +33,7 @@ async def running_store(url: DatabaseUrl) -> AsyncIterator[EventStore]:
 
 def database_named(server: DatabaseUrl, name: str) -> DatabaseUrl:
     """The URL of database `name` on the same server."""
-    return DatabaseUrl(urlunsplit(urlsplit(server.dsn)._replace(path=f"/{name}")))
+    return server.with_database(name)
 
 
 async def execute(url: DatabaseUrl, statement: str) -> None:
