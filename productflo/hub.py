@@ -8,6 +8,13 @@ log events, so every session sees each position once and in order, whichever pro
 Membership of a user is loaded when their first session attaches, from the log up to the position
 the hub has dispatched, under the same lock as dispatching: the load and the live updates meet
 exactly, without a window in which a join or leave could be lost.
+
+Membership belongs to users, but what a connection may read is its own (productflo.access): an
+anonymous connection naming a user's id does not receive that user's secure rooms, nor a token
+with a `rooms` claim the rooms outside it. So each event is checked against each receiving
+session. Whether a room is secure is learned from the room's first event as it is dispatched, and
+looked up (once per process) for rooms opened before this process started, before the batch that
+needs it is dispatched.
 """
 
 from __future__ import annotations
@@ -22,7 +29,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from productflo import metrics
+from productflo.access import Access, event_room
 from productflo.envelopes import envelope, now_iso, render_event
+from productflo.errors import CloseCode, StoreError
 from productflo.events.models import RecordedEvent
 from productflo.events.store import EventStore
 from productflo.events.tailer import Tailer
@@ -43,6 +52,8 @@ class Attachment:
 class Hub:
     def __init__(self, store: EventStore, *, poll_interval: float = 0.5) -> None:
         self.store = store
+        self.access = Access(store)
+        self._looked_up = False  # whether the rooms of the batch being dispatched were looked up
         self._poll_interval = poll_interval
         self._sessions: dict[str, set[Session]] = defaultdict(set)
         self._rooms: dict[str, set[str]] = {}  # user -> rooms, for users connected here
@@ -77,7 +88,9 @@ class Hub:
 
     async def attach(self, session: Session) -> Attachment:
         """Register a session for delivery from the next position on; returns its user's rooms
-        and that position (everything after it will be delivered to the session)."""
+        and that position (everything after it will be delivered to the session).
+
+        The rooms are those the session may read: its user's, less those closed to it."""
         user = session.user_id
         async with self._lock:
             if user not in self._rooms:
@@ -85,9 +98,10 @@ class Hub:
                 self._rooms[user] = rooms
                 for room in rooms:
                     self._members[room].add(user)
+            readable = await self.access.readable(session.identity, self._rooms[user])
             self._sessions[user].add(session)
             metrics.CONNECTIONS.inc()
-            return Attachment(frozenset(self._rooms[user]), self.dispatched)
+            return Attachment(frozenset(readable), self.dispatched)
 
     def detach(self, session: Session) -> None:
         user = session.user_id
@@ -113,6 +127,14 @@ class Hub:
         while True:
             batch = await self._tailer.next_batch()
             async with self._lock:
+                try:
+                    await self._learn(batch)
+                    self._looked_up = True
+                except StoreError:  # sessions that needed the answer are closed to resume
+                    self._looked_up = False
+                    log.warning(
+                        "could not look up the rooms of events up to %d", batch[-1].position
+                    )
                 for event in batch:
                     try:
                         self._dispatch(event)
@@ -132,6 +154,14 @@ class Hub:
         heapq.heappush(self._waiters, (position, next(self._tiebreak), waiter))
         await waiter
 
+    async def _learn(self, batch: list[RecordedEvent]) -> None:
+        """Know, before dispatching, whether each room the batch concerns is secure: from the
+        rooms' first events where the batch has them, else looked up (once per process)."""
+        for event in batch:
+            self.access.learn_from(event)
+        rooms = {room for event in batch if (room := event_room(event)) is not None}
+        await self.access.load(rooms)
+
     def _dispatch(self, event: RecordedEvent) -> None:
         if event.type == "join":
             self._apply_membership(event)  # the joiner sees their own join
@@ -142,11 +172,22 @@ class Hub:
                 recipients = self._members.get(audience.name, set())
             else:
                 recipients = {audience.name}
+            room = event_room(event)
             for user in recipients:
                 for session in self._sessions.get(user, ()):
-                    session.deliver(rendered.envelope)
+                    if room is None or self._may_read(session, room):
+                        session.deliver(rendered.envelope)
         if event.type == "leave":
             self._apply_membership(event)  # ... and the leaver their own leave
+
+    def _may_read(self, session: Session, room: str) -> bool:
+        allowed = self.access.may_read(session.identity, room, looked_up=self._looked_up)
+        if allowed is None:
+            # Whether the room is secure could not be looked up: rather than guess, close the
+            # connection; it resumes with last_event_id, and replay applies the same rule.
+            session.request_close(CloseCode.INTERNAL_ERROR, "reconnect with last_event_id")
+            return False
+        return allowed
 
     def _apply_membership(self, event: RecordedEvent) -> None:
         user, room = event.user_id, event.room_id
@@ -188,4 +229,6 @@ class Hub:
         for member in self._members.get(room, ()):
             if member != user:
                 for session in self._sessions.get(member, ()):
-                    session.deliver(message)
+                    # A signal, not an event: where the room's flag is not known, it is dropped.
+                    if self.access.may_read(session.identity, room):
+                        session.deliver(message)

@@ -9,18 +9,25 @@ The window is read twice: first light columns only, to fold the user's membershi
 find which positions they see (and, over PRODUCTFLO_REPLAY_LIMIT, keep only the newest); then the
 chosen events in full, in chunks, as the client reads them. Memory is a list of positions, however
 long the client was away.
+
+Only what the connection may read is replayed (productflo.access): an anonymous connection naming
+a user does not get that user's secure rooms, a token with a `rooms` claim only its rooms.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
+from productflo.access import room_about
 from productflo.events.models import RecordedEvent, room_stream, user_stream
 from productflo.events.store import EventStore
 from productflo.projections.membership import MEMBERSHIP_TYPES, Visibility, rooms_of
 
 CHUNK = 1000
+
+# Of the given rooms, those the connection may read.
+Readable = Callable[[set[str]], Awaitable[set[str]]]
 
 
 @dataclass(frozen=True)
@@ -29,8 +36,17 @@ class Missed:
     truncated: bool
 
 
-async def missed(store: EventStore, user_id: str, after: int, upto: int, limit: int) -> Missed:
-    """The positions in (after, upto] that `user_id` would have received, newest `limit` of them."""
+async def missed(
+    store: EventStore,
+    user_id: str,
+    after: int,
+    upto: int,
+    limit: int,
+    *,
+    readable: Readable | None = None,
+) -> Missed:
+    """The positions in (after, upto] that `user_id` would have received, newest `limit` of them;
+    with `readable`, only those about rooms it allows."""
     rooms = await rooms_of(store, user_id, after)
     joined = await store.fetch(
         """
@@ -47,7 +63,9 @@ async def missed(store: EventStore, user_id: str, after: int, upto: int, limit: 
     streams.add(user_stream(user_id))
     rows = await store.fetch(
         """
-        SELECT position, stream, type, metadata->>'user_id' AS actor FROM events
+        SELECT position, stream, type, metadata->>'user_id' AS actor,
+               CASE WHEN stream LIKE 'user:%' THEN data->'details'->>'room_id' END AS about
+        FROM events
         WHERE stream = ANY($1::text[]) AND position > $2 AND position <= $3
         ORDER BY position
         """,
@@ -56,8 +74,15 @@ async def missed(store: EventStore, user_id: str, after: int, upto: int, limit: 
         upto,
     )
     visibility = Visibility(user_id, rooms)
-    seen = [r["position"] for r in rows if visibility.sees(r["type"], r["stream"], r["actor"])]
-    return Missed(seen[-limit:], truncated=len(seen) > limit)
+    seen = [
+        (r["position"], room_about(r["stream"], r["about"]))
+        for r in rows
+        if visibility.sees(r["type"], r["stream"], r["actor"])
+    ]
+    if readable is not None:
+        allowed = await readable({room for _, room in seen if room is not None})
+        seen = [(position, room) for position, room in seen if room is None or room in allowed]
+    return Missed([position for position, _ in seen[-limit:]], truncated=len(seen) > limit)
 
 
 async def events_at(store: EventStore, positions: list[int]) -> AsyncIterator[RecordedEvent]:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import functools
 import logging
 import uuid
 from collections import deque
@@ -28,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from productflo import history, metrics, replay
+from productflo.access import Action, event_room
 from productflo.auth import Claims
 from productflo.envelopes import (
     AI_CODES,
@@ -47,6 +49,7 @@ from productflo.events.models import (
     AppendResult,
     JsonObject,
     NewEvent,
+    RecordedEvent,
     idempotency_key,
     new_event_id,
     room_stream,
@@ -116,6 +119,19 @@ class _InFlight:
     inbound: Inbound
     room_id: str
     future: asyncio.Future[list[AppendResult]]
+    frame: str | bytes
+
+
+def _action(code: InboundCode) -> Action:
+    if code is InboundCode.JOIN:
+        return Action.JOIN
+    if code is InboundCode.LEAVE:
+        return Action.LEAVE
+    if code is InboundCode.TYPING:
+        return Action.TYPING
+    if code is InboundCode.HISTORY:
+        return Action.HISTORY
+    return Action.SEND  # chat and the AI codes
 
 
 @dataclass(frozen=True)
@@ -266,7 +282,14 @@ class Session:
 
     async def _replay_missed(self, after: int, upto: int) -> None:
         store = self._hub.store
-        found = await replay.missed(store, self.user_id, after, upto, self._settings.replay_limit)
+        found = await replay.missed(
+            store,
+            self.user_id,
+            after,
+            upto,
+            self._settings.replay_limit,
+            readable=functools.partial(self._hub.access.readable, self.identity),
+        )
         async for event in replay.events_at(store, found.positions):
             rendered = render_event(event)
             if rendered is not None:
@@ -325,7 +348,7 @@ class Session:
             self._record_rejection(frame, error)
             return
         try:
-            await self._handle(inbound)
+            await self._handle(inbound, frame)
         except ProtocolError as error:
             self._refuse(error)
             self._record_rejection(frame, error)
@@ -342,8 +365,16 @@ class Session:
         metrics.MESSAGES_REJECTED.labels(error.error_code).inc()
         self.deliver(error_envelope(self.user_id, error))
 
-    async def _handle(self, inbound: Inbound) -> None:
+    async def _handle(self, inbound: Inbound, frame: str | bytes) -> None:
         assert inbound.room_id is not None  # every code needs a room (parse_inbound)
+        access = self._hub.access
+        # Before anything is submitted: a refused message is never appended to the room.
+        await access.check(
+            self.identity,
+            inbound.room_id,
+            _action(inbound.code),
+            client_msg_id=inbound.client_msg_id,
+        )
         if inbound.code is InboundCode.TYPING:
             typing = bool(inbound.data.is_typing)
             await self._hub.publish_typing(self.user_id, inbound.room_id, typing)
@@ -352,8 +383,10 @@ class Session:
             await self._send_history(inbound, inbound.room_id)
             return
         events = self._events_for(inbound, inbound.room_id)
+        # Nothing awaited since the check: if this opens the room, others are judged by it.
+        access.opening(inbound.room_id, self.identity.authenticated)
         future = self._hub.store.submit(events)
-        await self._in_flight.put(_InFlight(inbound, inbound.room_id, future))
+        await self._in_flight.put(_InFlight(inbound, inbound.room_id, future, frame))
 
     async def _follow(self) -> None:
         """Settle this session's appends in order, as they commit."""
@@ -362,6 +395,7 @@ class Session:
             try:
                 results = await item.future
             except StoreError:
+                self._hub.access.settled(item.room_id)
                 self._refuse(
                     ProtocolError(
                         ErrorCode.FAILED_TO_PROCESS_MESSAGE,
@@ -373,13 +407,45 @@ class Session:
                 continue
             last = results[-1]
             if last.duplicate:
-                # Seen before: answer with the original event, which everyone else already has.
-                rendered = render_event(last.event)
-                if rendered is not None:
-                    self.deliver(rendered.envelope)
+                # Seen before: answer with the original event, which everyone else already has,
+                # if this connection may see it (the key is the user's, whatever the room).
+                await self._answer_duplicate(item, last.event)
             # Otherwise the acknowledgement is the hub delivering the committed event to us.
             await self._hub.dispatched_past(last.event.position)
+            readable = self._hub.access.may_read(self.identity, item.room_id)
+            if not last.duplicate and readable is False:
+                # Another process opened the room from /ws/secure in the instant between this
+                # connection's check and its append: the hub does not deliver it the room.
+                self._forbid(item, "The room was opened from /ws/secure first")
+            self._hub.access.settled(item.room_id)
             self._settle(item.room_id)
+
+    async def _answer_duplicate(self, item: _InFlight, original: RecordedEvent) -> None:
+        room = event_room(original)
+        try:
+            allowed = room is None or bool(await self._hub.access.readable(self.identity, [room]))
+        except StoreError:
+            self._refuse(
+                ProtocolError(
+                    ErrorCode.FAILED_TO_PROCESS_MESSAGE,
+                    "The message could not be processed. Try again.",
+                    client_msg_id=item.inbound.client_msg_id,
+                )
+            )
+            return
+        if not allowed:
+            self._forbid(item, "This client_msg_id was used in a room not open to this connection")
+            return
+        rendered = render_event(original)
+        if rendered is not None:
+            self.deliver(rendered.envelope)
+
+    def _forbid(self, item: _InFlight, message: str) -> None:
+        error = ProtocolError(
+            ErrorCode.FORBIDDEN, message, client_msg_id=item.inbound.client_msg_id
+        )
+        self._refuse(error)
+        self._record_rejection(item.frame, error)
 
     def _events_for(self, inbound: Inbound, room_id: str) -> list[NewEvent]:
         stream = room_stream(room_id)

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from pydantic import BaseModel, Field
 
 from productflo import history
+from productflo.access import Action, refusal
 from productflo.auth import Claims, TokenVerifier
 from productflo.envelopes import MAX_HISTORY_LIMIT, Identifier, iso
 from productflo.errors import AuthenticationFailed, StoreError
@@ -39,6 +40,15 @@ def admin_claims(claims: Annotated[Claims, Depends(bearer_claims)]) -> Claims:
     if not claims.is_admin:
         raise HTTPException(403, "an admin token is required")
     return claims
+
+
+class _Bearer:
+    """A request's verified token, as productflo.access sees who is asking."""
+
+    authenticated = True
+
+    def __init__(self, claims: Claims) -> None:
+        self.claims: Claims | None = claims
 
 
 User = Annotated[Claims, Depends(bearer_claims)]
@@ -102,7 +112,13 @@ async def room_messages(
     before: Annotated[int | None, Query(gt=0)] = None,
     limit: Annotated[int, Query(gt=0, le=MAX_HISTORY_LIMIT)] = MAX_HISTORY_LIMIT,
 ) -> JsonObject:
-    """The room's events before `before` (an event id), oldest first, and whether older exist."""
+    """The room's events before `before` (an event id), oldest first, and whether older exist.
+
+    The token is authenticated, so every room is open to it but for its `rooms` claim (which
+    does not limit an admin token: admins read every room); otherwise 403."""
+    reason = refusal(_Bearer(user), room_id, Action.HISTORY, secure=None)
+    if reason is not None:
+        raise HTTPException(403, reason)
     hub: Hub = request.app.state.hub
     found = await history.page(hub.store, room_id, before, limit)
     return found.as_json()
