@@ -5,9 +5,10 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import FileResponse, JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from productflo.auth import TokenVerifier
@@ -22,6 +23,8 @@ from productflo.settings import Settings
 from productflo.transports import admin, http, native
 
 log = logging.getLogger(__name__)
+
+_STATIC = Path(__file__).parent / "static"
 
 
 def create_app(settings: Settings, database: DatabaseUrl) -> FastAPI:
@@ -56,6 +59,11 @@ def create_app(settings: Settings, database: DatabaseUrl) -> FastAPI:
     app.include_router(native.router)
     app.include_router(http.router)
     app.include_router(admin.router)
+
+    @app.get("/", include_in_schema=False)
+    async def web_client() -> FileResponse:
+        """A minimal browser client of the native protocol."""
+        return FileResponse(_STATIC / "index.html")
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

@@ -101,3 +101,11 @@ async def test_the_history_message_pages_the_same_way(connect: Any, server: Serv
     assert older["data"]["has_more"] is False
     chats = [e["event_id"] for e in older["data"]["events"] if e["code"] == "chat_response"]
     assert chats == ids[:-5]
+
+
+async def test_the_root_serves_a_web_client_of_the_native_protocol(server: ServerThread) -> None:
+    async with httpx.AsyncClient(base_url=server.http) as http:
+        response = await http.get("/")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/html")
+    assert "new WebSocket(" in response.text and "last_event_id" in response.text
