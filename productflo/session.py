@@ -275,9 +275,16 @@ class Session:
             log.warning("replay for %s failed", self.user_id)
             self.request_close(CloseCode.INTERNAL_ERROR, "replay failed; reconnect")
             return
-        # Flush what arrived live meanwhile; nothing can slip in between the loop and the flag.
-        while self._held:
-            await self._send_in_order(self._held.popleft())
+        # Flush what arrived live meanwhile, and keep holding until the writer has room again:
+        # live events go to the queue without waiting, and a queue still full of replay would
+        # take a client that reads perfectly well for a slow one. No await between the last
+        # check and dropping the buffer, so nothing slips in between.
+        while self.state is State.OPEN:
+            while self._held:
+                await self._send_in_order(self._held.popleft())
+            if self._queue.qsize() <= self._queue.maxsize // 2:
+                break
+            await asyncio.sleep(0.01)
         self._held = None
 
     async def _replay_missed(self, after: int, upto: int) -> None:

@@ -4,6 +4,7 @@ with the database itself stopped under them."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
 import signal
@@ -53,15 +54,19 @@ class Server(ServerProcess):
 
     def _finish(self) -> None:
         self.process.wait(timeout=30)
-        self._reader.join(timeout=10)
-        if self.process.stdout is not None:
+        self._reader.join(timeout=10)  # the pipe ends when every process holding it has exited
+        if not self._reader.is_alive() and self.process.stdout is not None:
             self.process.stdout.close()
 
     def output_so_far(self) -> str:
         return "".join(self._lines)
 
     def output(self) -> str:
+        """Everything it printed; kills it first (workers included) if it is still up."""
         if self.process.poll() is None:
+            for child in psutil.Process(self.process.pid).children(recursive=True):
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    child.kill()
             self.process.kill()
         self._finish()
         return "".join(self._lines)
@@ -125,6 +130,20 @@ async def _stored_chats(database: DatabaseUrl) -> list[asyncpg.Record]:
         await connection.close()
 
 
+async def _join(client: Client, room: str) -> None:
+    """Client.join with this module's patience (a commit on a loaded machine can take a while)."""
+    await client.send({"code": "join", "room_id": room})
+    await client.recv_until(
+        lambda m: (
+            m["code"] == "system"
+            and m["room_id"] == room
+            and m["data"].get("details", {}).get("action") == "join"
+            and m["user_id"] == client.user_id
+        ),
+        TIMEOUT,
+    )
+
+
 async def _chat_responses(client: Client, count: int) -> list[dict[str, Any]]:
     return [await client.recv_code("chat_response", TIMEOUT) for _ in range(count)]
 
@@ -145,8 +164,8 @@ async def test_two_processes_on_one_database_deliver_one_order_to_everyone(
     alice = await Client.open(one.ws + "/ws?user_id=alice")
     bob = await Client.open(two.ws + "/ws?user_id=bob")
     try:
-        await alice.join(ROOM)
-        await bob.join(ROOM)
+        await _join(alice, ROOM)
+        await _join(bob, ROOM)
 
         async def send(client: Client) -> None:
             for n in range(50):
@@ -196,7 +215,7 @@ async def test_workers_share_rooms_and_every_member_sees_the_same_order(
             clients.append(client)
             served_by[client.user_id] = _worker_of(workers, server.port, client)
         for client in clients:
-            await client.join(ROOM)
+            await _join(client, ROOM)
 
         async def send(client: Client) -> None:
             for n in range(3):
@@ -254,7 +273,7 @@ async def test_sigterm_closes_clients_1012_and_keeps_what_was_acknowledged(
     alice = await Client.open(server.ws + "/ws?user_id=alice")
     try:
         await alice.chat(ROOM, "acknowledged", client_msg_id="first")
-        acked = {"first": (await alice.recv_code("chat_response"))["event_id"]}
+        acked = {"first": (await alice.recv_code("chat_response", TIMEOUT))["event_id"]}
         for n in range(20):  # more on the way while the signal arrives
             await alice.chat(ROOM, f"in flight {n}", client_msg_id=f"flight-{n}")
         server.process.send_signal(signal.SIGTERM)
@@ -414,10 +433,10 @@ async def test_a_server_outlives_postgresql_stopping_and_recovers_when_it_starts
     bob = await Client.open(server.ws + "/ws?user_id=bob")
     http = httpx.AsyncClient(base_url=server.url, timeout=TIMEOUT)
     try:
-        await bob.join(ROOM)
+        await _join(bob, ROOM)
         await alice.chat(ROOM, "before")
-        await alice.recv_code("chat_response")
-        await bob.recv_code("chat_response")
+        await alice.recv_code("chat_response", TIMEOUT)
+        await bob.recv_code("chat_response", TIMEOUT)
 
         await asyncio.to_thread(own_postgres.stop)
         await alice.chat(ROOM, "during", client_msg_id="during-1")

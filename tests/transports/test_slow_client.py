@@ -35,8 +35,26 @@ WINDOW = 32  # the sender never runs further ahead of the readers than this (< Q
 MAX_MESSAGES = 3000  # a few hundred fill the buffers of a loopback connection (~4 MB)
 AFTER_THE_DROP = 200  # sent once the server has dropped the slow client
 LIVE = 100  # sent while the dropped client comes back
+BACKLOG = 500  # missed by a client while away: more than the socket buffers and the queue hold
+BUSY = 300  # sent, BUSY_PAUSE apart, while that client comes back
+BUSY_PAUSE = 0.005
+READ_PAUSE = 0.0005  # readers of up to 2000 messages/s, in a room of at most 200/s
 TIMEOUT = 30.0
 DROPPED_METRIC = "productflo_slow_clients_closed_total"
+
+
+async def _join(client: Client, room: str) -> dict[str, Any]:
+    """Client.join with this module's patience (a commit on a loaded machine can take a while)."""
+    await client.send({"code": "join", "room_id": room})
+    return await client.recv_until(
+        lambda m: (
+            m["code"] == "system"
+            and m["room_id"] == room
+            and m["data"].get("details", {}).get("action") == "join"
+            and m["user_id"] == client.user_id
+        ),
+        TIMEOUT,
+    )
 
 
 def _chats(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -57,6 +75,7 @@ class Reader:
     """Reads a client continuously in a task of its own, keeping what arrives."""
 
     client: Client
+    pause: float = 0.0  # after each message: a reader with a speed of its own
     received: list[dict[str, Any]] = field(default_factory=list)
     chats: int = 0
     progress: asyncio.Event = field(default_factory=asyncio.Event)
@@ -64,6 +83,7 @@ class Reader:
 
     def start(self) -> Reader:
         self.task = asyncio.create_task(self._run())
+        self.task.add_done_callback(lambda _: self.progress.set())  # wakes wait_chats to raise
         return self
 
     async def _run(self) -> None:
@@ -73,6 +93,8 @@ class Reader:
             if message["code"] == "chat_response":
                 self.chats += 1
                 self.progress.set()
+            if self.pause:
+                await asyncio.sleep(self.pause)
 
     async def wait_chats(self, count: int) -> None:
         async with asyncio.timeout(TIMEOUT):
@@ -110,7 +132,7 @@ async def _burst_past_a_stalled_reader(server: ServerThread) -> Burst:
     readers: list[Reader] = []
     try:
         for client in (slow, fast, sender):
-            await client.join(ROOM)
+            await _join(client, ROOM)
         fast_reader = Reader(fast).start()
         sender_reader = Reader(sender).start()  # the sender reads its acks: it is not slow
         readers += [fast_reader, sender_reader]
@@ -225,3 +247,56 @@ async def test_after_1013_the_client_resumes_from_its_last_event_id_exactly_once
     seam = complete["data"]["details"]["last_event_id"]
     assert all(m["event_id"] <= seam for m in received[:replayed])
     assert all(m["event_id"] > seam for m in received[replayed:])
+
+
+async def test_a_client_resuming_into_a_busy_room_is_not_dropped_when_its_replay_ends(
+    start_server: Callable[..., ServerThread],
+) -> None:
+    """A long replay must leave the queue room for the live events that follow it: a client
+    that reads as fast as the one that never left is not closed 1013 for having been away."""
+    server = start_server(outbound_queue_size=QUEUE, rate_limit=100_000)
+    url = server.ws + "/ws?user_id="
+    steady = await Client.open(url + "steady", compression=None)
+    sender = await Client.open(url + "sender", compression=None)
+    away = await Client.open(url + "away", compression=None)
+    readers: list[Reader] = []
+    back: Client | None = None
+    try:
+        for client in (steady, sender):
+            await _join(client, ROOM)
+        last = (await _join(away, ROOM))["event_id"]
+        await away.close()
+        # Both read at the same speed, well above the room's rate once the backlog is out.
+        steady_reader = Reader(steady, pause=READ_PAUSE).start()
+        sender_reader = Reader(sender).start()
+        readers += [steady_reader, sender_reader]
+        payload = secrets.token_hex(PAYLOAD_CHARS // 2)
+        sent = 0
+
+        async def send(count: int, pause: float) -> None:
+            nonlocal sent
+            for _ in range(count):
+                if sent - min(steady_reader.chats, sender_reader.chats) >= WINDOW:
+                    await steady_reader.wait_chats(sent - WINDOW + 1)
+                    await sender_reader.wait_chats(sent - WINDOW + 1)
+                await sender.chat(ROOM, f"{sent} {payload}")
+                sent += 1
+                await asyncio.sleep(pause)
+
+        await send(BACKLOG, 0)
+        await steady_reader.wait_chats(BACKLOG)
+        busy = asyncio.create_task(send(BUSY, BUSY_PAUSE))
+        back = await Client.open(url + f"away&last_event_id={last}", compression=None)
+        back_reader = Reader(back, pause=READ_PAUSE).start()
+        readers.append(back_reader)
+        await busy
+        await steady_reader.wait_chats(BACKLOG + BUSY)
+        await back_reader.wait_chats(BACKLOG + BUSY)  # raises the 1013 if it was dropped
+    finally:
+        for reader in readers:
+            await reader.stop()
+        for client in (steady, sender, *([back] if back else [])):
+            await client.close()
+
+    ids = [m["event_id"] for m in _chats(steady_reader.received)]
+    assert [m["event_id"] for m in _chats(back_reader.received)] == ids
