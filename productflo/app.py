@@ -21,6 +21,7 @@ from productflo.projections import PROJECTIONS
 from productflo.projections.framework import Runner
 from productflo.settings import Settings
 from productflo.transports import admin, http, native
+from productflo.transports import socketio as socketio_transport
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,15 @@ def create_app(settings: Settings, database: DatabaseUrl) -> FastAPI:
     app.include_router(native.router)
     app.include_router(http.router)
     app.include_router(admin.router)
+    if settings.socketio:
+        # FastAPI stays outermost (its state, its lifespan): Socket.IO sits under it as a
+        # middleware that takes /ws requests carrying EIO= and passes the rest on.
+        sio = socketio_transport.create_server(app.state, settings)
+        app.state.sio = sio
+        app.add_middleware(
+            socketio_transport.SocketIODispatch,
+            socketio_app=socketio_transport.asgi_app(sio),
+        )
 
     @app.get("/", include_in_schema=False)
     async def web_client() -> FileResponse:

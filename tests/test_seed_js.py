@@ -97,3 +97,40 @@ def test_seed_example_chats_in_its_room(server: ServerThread, scenario: str, ope
     assert answer["data"] == {"message": text, "sender": SEED_USER}
     assert isinstance(answer["event_id"], int) and answer["event_id"] > 0
     assert not [m for m in messages if m["status"] == "error"], messages
+
+
+def test_seed_socketio_example_chats_in_its_room(server: ServerThread) -> None:
+    """tests/js/seed_socketio.js: the seed's Socket.IO client example, unchanged, at path /ws."""
+    text = f"Has anyone reviewed the latest design update? {uuid.uuid4().hex}"
+    env = {
+        **os.environ,
+        "PRODUCTFLO_TEST_ORIGIN": server.http,
+        "PRODUCTFLO_TEST_TOKEN": mint(server.settings, SEED_USER),
+        "PRODUCTFLO_TEST_TIMEOUT_MS": "10000",
+    }
+    completed = subprocess.run(
+        [node(), str(JS / "seed_socketio.js"), text],
+        cwd=JS,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=NODE_TIMEOUT,
+        check=False,
+    )
+    assert completed.returncode == 0, (
+        f"node exited {completed.returncode}\nstderr:\n{completed.stderr}\n"
+        f"stdout:\n{completed.stdout}"
+    )
+    printed = [json.loads(line) for line in completed.stdout.splitlines() if line.strip()]
+    assert ["Connected to Socket.IO"] in printed, printed
+    messages = [args[1]["data"] for args in printed if args and args[0] == "Message received:"]
+    welcome = messages[0]
+    assert welcome["code"] == "system"
+    assert welcome["data"]["message"] == WELCOME_MESSAGE
+    assert welcome["data"]["details"]["user_id"] == SEED_USER
+    assert welcome["data"]["details"]["authenticated"] is True
+    answers = [m for m in messages if m["code"] == "chat_response"]
+    assert len(answers) == 1, messages
+    assert answers[0]["room_id"] == SEED_ROOM
+    assert answers[0]["data"] == {"message": text, "sender": SEED_USER}
+    assert not [m for m in messages if m["status"] == "error"], messages
