@@ -19,14 +19,16 @@
 
 'use strict';
 
+const {
+  SEED_USER, SEED_ROOM, TIMEOUT_MS, printed, isWelcome, isAnswer, finisher,
+} = require('./harness');
+
+const finish = finisher('seed_native');
+
 const NodeWebSocket = require('ws');
 
 const SEED_ORIGIN = 'wss://api.productflo.io';
 const SEED_TOKEN = 'YOUR_JWT_TOKEN';
-const SEED_USER = 'user-123';
-const SEED_ROOM = 'product-456';
-const WELCOME = 'Connected to ProductFlo WebSocket server';
-const TIMEOUT_MS = Number(process.env.PRODUCTFLO_TEST_TIMEOUT_MS || 10000);
 
 // -- the browser ----------------------------------------------------------------------------------
 
@@ -51,10 +53,6 @@ class WebSocket extends NodeWebSocket {
 }
 globalThis.WebSocket = WebSocket;
 
-const printed = [];
-console.log = (...args) => {
-  printed.push(args);
-};
 
 // -- the seed's examples, verbatim ----------------------------------------------------------------
 
@@ -130,26 +128,6 @@ function received() {
   return printed.filter((args) => args[0] === 'Received:').map((args) => args[1]);
 }
 
-function isWelcome(data) {
-  return data.code === 'system' && data.status === 'success' && data.data?.message === WELCOME;
-}
-
-function isAnswer(data, text) {
-  return (
-    data.code === 'chat_response' &&
-    data.status === 'success' &&
-    data.room_id === SEED_ROOM &&
-    data.user_id === SEED_USER &&
-    data.data?.message === text &&
-    Number.isInteger(data.event_id)
-  );
-}
-
-function finish(code, reason) {
-  if (reason) process.stderr.write(`seed_native: ${reason}\n`);
-  const lines = printed.map((args) => JSON.stringify(args)).join('\n');
-  process.stdout.write(lines ? lines + '\n' : '', () => process.exit(code));
-}
 
 function run(scenario, text) {
   const example = SCENARIOS[scenario];

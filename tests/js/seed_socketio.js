@@ -20,16 +20,18 @@
 
 'use strict';
 
+const {
+  SEED_USER, SEED_ROOM, TIMEOUT_MS, printed, isWelcome, isAnswer, finisher,
+} = require('./harness');
+
+const finish = finisher('seed_socketio');
+
 const { pathToFileURL } = require('node:url');
 const nodeModule = require('node:module');
 const realIo = require('socket.io-client').io;
 
 const SEED_ORIGIN = 'https://api.productflo.io';
 const SEED_TOKEN = 'YOUR_JWT_TOKEN';
-const SEED_USER = 'user-123';
-const SEED_ROOM = 'product-456';
-const WELCOME = 'Connected to ProductFlo WebSocket server';
-const TIMEOUT_MS = Number(process.env.PRODUCTFLO_TEST_TIMEOUT_MS || 10000);
 
 // -- the seed's example, verbatim -----------------------------------------------------------------
 
@@ -120,10 +122,6 @@ export async function resolve(specifier, context, next) {
 `;
 nodeModule.register('data:text/javascript,' + encodeURIComponent(HOOKS), pathToFileURL(__filename));
 
-const printed = [];
-console.log = (...args) => {
-  printed.push(args);
-};
 
 // -- the harness ----------------------------------------------------------------------------------
 
@@ -133,26 +131,6 @@ function envelopes() {
     .map((args) => (args[1] && args[1].data) || {});
 }
 
-function isWelcome(data) {
-  return data.code === 'system' && data.status === 'success' && data.data?.message === WELCOME;
-}
-
-function isAnswer(data, text) {
-  return (
-    data.code === 'chat_response' &&
-    data.status === 'success' &&
-    data.room_id === SEED_ROOM &&
-    data.user_id === SEED_USER &&
-    data.data?.message === text &&
-    Number.isInteger(data.event_id)
-  );
-}
-
-function finish(code, reason) {
-  if (reason) process.stderr.write(`seed_socketio: ${reason}\n`);
-  const lines = printed.map((args) => JSON.stringify(args)).join('\n');
-  process.stdout.write(lines ? lines + '\n' : '', () => process.exit(code));
-}
 
 async function run(text) {
   const timer = setTimeout(() => finish(1, `timed out after ${TIMEOUT_MS} ms`), TIMEOUT_MS);
