@@ -153,6 +153,7 @@ class Session:
         self._queue: asyncio.Queue[JsonObject | _Close] = asyncio.Queue(
             maxsize=settings.outbound_queue_size
         )
+        self._dequeued = asyncio.Event()  # set by the writer whenever it takes from the queue
         self._limiter = RateLimiter(settings.rate_limit)
         self._writer: asyncio.Task[None] | None = None
         self._follower: asyncio.Task[None] | None = None
@@ -275,16 +276,17 @@ class Session:
             log.warning("replay for %s failed", self.user_id)
             self.request_close(CloseCode.INTERNAL_ERROR, "replay failed; reconnect")
             return
-        # Flush what arrived live meanwhile, and keep holding until the writer has room again:
-        # live events go to the queue without waiting, and a queue still full of replay would
-        # take a client that reads perfectly well for a slow one. No await between the last
-        # check and dropping the buffer, so nothing slips in between.
-        while self.state is State.OPEN:
-            while self._held:
+        # Flush what arrived live meanwhile, and keep holding until the client has caught up
+        # (the writer has taken everything): live events go to the queue without waiting, and
+        # the client is still behind by the socket buffers, so a queue that is even half full of
+        # replay can overflow while it reads perfectly well. No await between the last check and
+        # dropping the buffer, so nothing slips in between.
+        while self.state is State.OPEN and (self._held or not self._queue.empty()):
+            if self._held:
                 await self._send_in_order(self._held.popleft())
-            if self._queue.qsize() <= self._queue.maxsize // 2:
-                break
-            await asyncio.sleep(0.01)
+            else:
+                self._dequeued.clear()
+                await self._dequeued.wait()
         self._held = None
 
     async def _replay_missed(self, after: int, upto: int) -> None:
@@ -317,6 +319,7 @@ class Session:
     async def _write(self) -> None:
         while True:
             item = await self._queue.get()
+            self._dequeued.set()
             try:
                 if isinstance(item, _Close):
                     await self._transport.close(item.code, item.reason)

@@ -37,8 +37,8 @@ AFTER_THE_DROP = 200  # sent once the server has dropped the slow client
 LIVE = 100  # sent while the dropped client comes back
 BACKLOG = 500  # missed by a client while away: more than the socket buffers and the queue hold
 BUSY = 300  # sent, BUSY_PAUSE apart, while that client comes back
-BUSY_PAUSE = 0.005
-READ_PAUSE = 0.0005  # readers of up to 2000 messages/s, in a room of at most 200/s
+BUSY_PAUSE = 0.003
+READ_PAUSE = 0.0005  # readers of up to 2000 messages/s, in a room of at most ~300/s
 TIMEOUT = 30.0
 DROPPED_METRIC = "productflo_slow_clients_closed_total"
 
@@ -261,6 +261,7 @@ async def test_a_client_resuming_into_a_busy_room_is_not_dropped_when_its_replay
     away = await Client.open(url + "away", compression=None)
     readers: list[Reader] = []
     back: Client | None = None
+    busy: asyncio.Task[None] | None = None
     try:
         for client in (steady, sender):
             await _join(client, ROOM)
@@ -293,9 +294,13 @@ async def test_a_client_resuming_into_a_busy_room_is_not_dropped_when_its_replay
         await steady_reader.wait_chats(BACKLOG + BUSY)
         await back_reader.wait_chats(BACKLOG + BUSY)  # raises the 1013 if it was dropped
     finally:
+        if busy is not None:
+            busy.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await busy
         for reader in readers:
             await reader.stop()
-        for client in (steady, sender, *([back] if back else [])):
+        for client in (steady, sender, away, *([back] if back else [])):
             await client.close()
 
     ids = [m["event_id"] for m in _chats(steady_reader.received)]
