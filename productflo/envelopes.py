@@ -40,8 +40,6 @@ AI_CODES = frozenset(
 )
 # Everything in a room: all codes need one.
 ROOM_CODES = frozenset(InboundCode)
-# Codes that are neither appended to the log nor answered from it (a signal and a read).
-UNSTORED_CODES = frozenset({InboundCode.TYPING, InboundCode.HISTORY})
 
 Status = Literal["success", "error", "pending"]
 

@@ -47,11 +47,6 @@ class Settings(BaseSettings):
     _split_lists = field_validator("jwt_algorithms", "allowed_origins", mode="before")(_comma_list)
 
     @property
-    def embedded(self) -> bool:
-        """True when no URL is configured and the embedded PostgreSQL is used."""
-        return self.database_url is None
-
-    @property
     def pgdata(self) -> Path:
         return self.data_dir / "pgdata"
 
