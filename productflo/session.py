@@ -25,6 +25,7 @@ import functools
 import logging
 import uuid
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -66,6 +67,15 @@ _REJECTED_FRAME_KEPT = 2048  # characters of a refused frame kept in the log for
 HELD_FACTOR = 10
 MAX_IN_FLIGHT = 100  # appends of one connection awaiting their commit; then reading pauses
 CATCH_UP_SECONDS = 10.0  # longest wait for this process to reach a resuming client's position
+
+
+# Told the envelope that answers one inbound message (its acknowledgement, its error, the history
+# page), or None when it has none (typing). Socket.IO hands it to the client's callback.
+Answer = Callable[[JsonObject | None], None]
+
+
+def _unheard(answer: JsonObject | None) -> None:
+    """The native endpoint has no per-message callback: answers are only delivered."""
 
 
 class Transport(Protocol):
@@ -120,6 +130,7 @@ class _InFlight:
     room_id: str
     future: asyncio.Future[list[AppendResult]]
     frame: str | bytes
+    answered: Answer
 
 
 def _action(code: InboundCode) -> Action:
@@ -331,9 +342,12 @@ class Session:
 
     # -- inbound -------------------------------------------------------------------------------
 
-    async def receive(self, frame: str | bytes) -> None:
+    async def receive(self, frame: str | bytes, answered: Answer = _unheard) -> None:
         """Take one inbound frame. Appends are pipelined: the next frame is read while this one
-        commits, and the log keeps them in the order they came (EventStore.submit)."""
+        commits, and the log keeps them in the order they came (EventStore.submit).
+
+        `answered` is called once with the envelope that answers this frame, when there is one,
+        as soon as it is delivered; not at all if the connection closes first."""
         if self.state is not State.OPEN:
             return
         metrics.MESSAGES_RECEIVED.labels(self._transport.name).inc()
@@ -349,33 +363,29 @@ class Session:
                 refusal = ProtocolError(
                     ErrorCode.RATE_LIMITED, "Too many messages; slow down", client_msg_id=echo
                 )
-                self._refuse(refusal)
+                self._refuse(refusal, answered)
             return
         try:
             inbound = parse_inbound(frame, self.user_id)
         except ProtocolError as error:
-            self._refuse(error)
+            self._refuse(error, answered)
             self._record_rejection(frame, error)
             return
         try:
-            await self._handle(inbound, frame)
+            await self._handle(inbound, frame, answered)
         except ProtocolError as error:
-            self._refuse(error)
+            self._refuse(error, answered)
             self._record_rejection(frame, error)
         except StoreError:
-            self._refuse(
-                ProtocolError(
-                    ErrorCode.FAILED_TO_PROCESS_MESSAGE,
-                    "The message could not be processed; it was not delivered. Try again.",
-                    client_msg_id=inbound.client_msg_id,
-                )
-            )
+            self._refuse(_failed(inbound), answered)
 
-    def _refuse(self, error: ProtocolError) -> None:
+    def _refuse(self, error: ProtocolError, answered: Answer = _unheard) -> None:
         metrics.MESSAGES_REJECTED.labels(error.error_code).inc()
-        self.deliver(error_envelope(self.user_id, error))
+        refusal = error_envelope(self.user_id, error)
+        self.deliver(refusal)
+        answered(refusal)
 
-    async def _handle(self, inbound: Inbound, frame: str | bytes) -> None:
+    async def _handle(self, inbound: Inbound, frame: str | bytes, answered: Answer) -> None:
         assert inbound.room_id is not None  # every code needs a room (parse_inbound)
         access = self._hub.access
         # Before anything is submitted: a refused message is never appended to the room.
@@ -388,15 +398,18 @@ class Session:
         if inbound.code is InboundCode.TYPING:
             typing = bool(inbound.data.is_typing)
             await self._hub.publish_typing(self.user_id, inbound.room_id, typing)
+            answered(None)
             return
         if inbound.code is InboundCode.HISTORY:
-            await self._send_history(inbound, inbound.room_id)
+            page = await self._history(inbound, inbound.room_id)
+            self.deliver(page)
+            answered(page)
             return
         events = self._events_for(inbound, inbound.room_id)
         # Nothing awaited since the check: if this opens the room, others are judged by it.
         access.opening(inbound.room_id, self.identity.authenticated)
         future = self._hub.store.submit(events)
-        await self._in_flight.put(_InFlight(inbound, inbound.room_id, future, frame))
+        await self._in_flight.put(_InFlight(inbound, inbound.room_id, future, frame, answered))
 
     async def _follow(self) -> None:
         """Settle this session's appends in order, as they commit."""
@@ -406,13 +419,7 @@ class Session:
                 results = await item.future
             except StoreError:
                 self._hub.access.settled(item.room_id)
-                self._refuse(
-                    ProtocolError(
-                        ErrorCode.FAILED_TO_PROCESS_MESSAGE,
-                        "The message could not be processed; it was not delivered. Try again.",
-                        client_msg_id=item.inbound.client_msg_id,
-                    )
-                )
+                self._refuse(_failed(item.inbound), item.answered)
                 self._settle(item.room_id)
                 continue
             last = results[-1]
@@ -427,6 +434,9 @@ class Session:
                 # Another process opened the room from /ws/secure in the instant between this
                 # connection's check and its append: the hub does not deliver it the room.
                 self._forbid(item, "The room was opened from /ws/secure first")
+            elif not last.duplicate and item.answered is not _unheard:
+                rendered = render_event(last.event)
+                item.answered(rendered.envelope if rendered is not None else None)
             self._hub.access.settled(item.room_id)
             self._settle(item.room_id)
 
@@ -435,13 +445,7 @@ class Session:
         try:
             allowed = room is None or bool(await self._hub.access.readable(self.identity, [room]))
         except StoreError:
-            self._refuse(
-                ProtocolError(
-                    ErrorCode.FAILED_TO_PROCESS_MESSAGE,
-                    "The message could not be processed. Try again.",
-                    client_msg_id=item.inbound.client_msg_id,
-                )
-            )
+            self._refuse(_failed(item.inbound), item.answered)
             return
         if not allowed:
             self._forbid(item, "This client_msg_id was used in a room not open to this connection")
@@ -449,12 +453,13 @@ class Session:
         rendered = render_event(original)
         if rendered is not None:
             self.deliver(rendered.envelope)
+        item.answered(rendered.envelope if rendered is not None else None)
 
     def _forbid(self, item: _InFlight, message: str) -> None:
         error = ProtocolError(
             ErrorCode.FORBIDDEN, message, client_msg_id=item.inbound.client_msg_id
         )
-        self._refuse(error)
+        self._refuse(error, item.answered)
         self._record_rejection(item.frame, error)
 
     def _events_for(self, inbound: Inbound, room_id: str) -> list[NewEvent]:
@@ -506,18 +511,16 @@ class Session:
             metadata["client_timestamp"] = inbound.timestamp.isoformat()
         return metadata
 
-    async def _send_history(self, inbound: Inbound, room_id: str) -> None:
+    async def _history(self, inbound: Inbound, room_id: str) -> JsonObject:
         limit = inbound.data.limit or MAX_HISTORY_LIMIT
         found = await history.page(self._hub.store, room_id, inbound.data.before, limit)
-        self.deliver(
-            envelope(
-                "success",
-                "history",
-                self.user_id,
-                found.as_json(),
-                room_id=room_id,
-                client_msg_id=inbound.client_msg_id,
-            )
+        return envelope(
+            "success",
+            "history",
+            self.user_id,
+            found.as_json(),
+            room_id=room_id,
+            client_msg_id=inbound.client_msg_id,
         )
 
     def _record_rejection(self, frame: str | bytes, error: ProtocolError) -> None:
@@ -530,3 +533,12 @@ class Session:
         }
         event = NewEvent(user_stream(self.user_id), "rejected", data, self._metadata())
         self._hub.store.submit([event])  # for audit only: nobody waits for it
+
+
+def _failed(inbound: Inbound) -> ProtocolError:
+    """The answer to a message the log could not take (the database is unreachable)."""
+    return ProtocolError(
+        ErrorCode.FAILED_TO_PROCESS_MESSAGE,
+        "The message could not be processed; it was not delivered. Try again.",
+        client_msg_id=inbound.client_msg_id,
+    )

@@ -43,6 +43,9 @@ class Settings(BaseSettings):
     # Knobs that are not part of the contract but that operators and tests need.
     outbound_queue_size: int = Field(default=1000, gt=0)
     poll_interval: float = Field(default=0.5, gt=0)
+    # Socket.IO's heartbeat. A long-polling request is held open for up to interval + timeout.
+    socketio_ping_interval: float = Field(default=25.0, gt=0)
+    socketio_ping_timeout: float = Field(default=20.0, gt=0)
 
     _split_lists = field_validator("jwt_algorithms", "allowed_origins", mode="before")(_comma_list)
 

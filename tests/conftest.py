@@ -97,6 +97,8 @@ def settings(tmp_path: Path, database_url: DatabaseUrl) -> Settings:
         database_url=database_url.dsn,
         jwt_secret="test-secret-at-least-32-bytes-long!!",
         poll_interval=0.2,
+        socketio_ping_interval=1.0,
+        socketio_ping_timeout=2.0,
     )
 
 

@@ -26,6 +26,7 @@ from productflo.database import DatabaseUrl, EmbeddedPostgres, start_embedded
 from productflo.settings import Settings
 from tests.client import Client
 from tests.test_cli import ServerProcess, clean_environment
+from tests.transports.test_socketio import SioClient
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
@@ -192,6 +193,38 @@ async def test_two_processes_on_one_database_deliver_one_order_to_everyone(
     stored = await _stored_chats(database_url)
     assert [row["position"] for row in stored] == ids
     assert [row["message"] for row in stored] == texts
+
+
+async def test_socketio_and_native_clients_share_a_room_across_processes(
+    launch: Any, database_url: DatabaseUrl, tmp_path: Path
+) -> None:
+    env = _environment(database_url, tmp_path)
+    one, two = launch(env, "--no-migrate"), launch(env, "--no-migrate")
+    await _ready(one, two)
+    native = await Client.open(two.ws + "/ws?user_id=native")
+    sio = SioClient()
+    await sio.sio.connect(
+        f"http://127.0.0.1:{one.port}",
+        socketio_path="/ws",
+        transports=["websocket"],
+        headers={"User-ID": "sio"},
+        wait_timeout=TIMEOUT,
+    )
+    try:
+        await sio.recv(TIMEOUT)  # welcome
+        await _join(native, ROOM)
+        sent = await sio.call({"code": "chat", "room_id": ROOM, "data": {"message": "to two"}})
+        heard = await native.recv_code("chat_response", TIMEOUT)
+        assert (heard["data"]["message"], heard["event_id"]) == ("to two", sent["event_id"])
+
+        await native.chat(ROOM, "to one")
+        back = await sio.recv_until(
+            lambda m: m["code"] == "chat_response" and m["user_id"] == "native", TIMEOUT
+        )
+        assert back["data"]["message"] == "to one" and back["event_id"] > sent["event_id"]
+    finally:
+        await native.close()
+        await sio.sio.disconnect()
 
 
 async def test_workers_share_rooms_and_every_member_sees_the_same_order(

@@ -41,8 +41,15 @@ class SioClient:
                 if predicate(message):
                     return message
 
+    async def recv_code_chat(self) -> dict[str, Any]:
+        return await self.recv_until(lambda m: m["code"] == "chat_response")
+
     async def emit(self, data: Any) -> None:
         await self.sio.emit("message", data)
+
+    async def call(self, data: Any) -> Any:
+        """Emit with a callback; what the server acknowledged it with."""
+        return await self.sio.call("message", data, timeout=TIMEOUT)
 
 
 @pytest.fixture
@@ -193,3 +200,91 @@ async def test_without_socketio_an_eio_request_does_not_reach_it(start_server: A
         off = await http.get(f"{plain.http}/ws/", params=query)
     assert on.status_code == 200 and on.text.startswith("0{"), on.text  # engine.io open
     assert off.status_code == 404, off.text
+
+
+# -- acknowledgement callbacks -------------------------------------------------------------------
+
+
+async def test_a_callback_receives_the_envelope_that_acknowledges_the_message(
+    sio_connect: Any, connect: Any
+) -> None:
+    room = f"room-{uuid.uuid4().hex[:8]}"
+    native = await connect("/ws?user_id=native-user")
+    await native.join(room)
+    client = await sio_connect(headers={"User-ID": "sio-user"})
+    await client.recv()
+    chat = {"code": "chat", "room_id": room, "client_msg_id": "m-1", "data": {"message": "hi"}}
+
+    ack = await client.call(chat)
+
+    assert ack["status"] == "success" and ack["code"] == "chat_response"
+    assert ack["client_msg_id"] == "m-1" and ack["data"]["message"] == "hi"
+    delivered = await client.recv_until(lambda m: m["code"] == "chat_response")
+    assert delivered == ack, "the callback gets the sender's copy itself"
+    heard = await native.recv_code("chat_response")
+    assert heard["event_id"] == ack["event_id"]
+
+    again = await client.call(chat)  # a resend: the original event, not a new one
+    assert again["event_id"] == ack["event_id"]
+
+
+async def test_a_callback_receives_the_error_pending_or_page(sio_connect: Any) -> None:
+    room = f"room-{uuid.uuid4().hex[:8]}"
+    client = await sio_connect(headers={"User-ID": "sio-user"})
+    await client.recv()
+
+    refused = await client.call({"code": "fly", "room_id": room, "client_msg_id": "bad-1"})
+    assert refused["status"] == "error"
+    assert refused["data"]["details"]["error_code"] == "UNSUPPORTED_MESSAGE_TYPE"
+    assert refused["client_msg_id"] == "bad-1"
+
+    pending = await client.call({"code": "idea", "room_id": room, "data": {"message": "a"}})
+    assert pending["status"] == "pending" and pending["code"] == "idea"
+    assert isinstance(pending["event_id"], int)
+
+    page = await client.call({"code": "history", "room_id": room})
+    assert page["code"] == "history"
+    assert pending["event_id"] not in [e["event_id"] for e in page["data"]["events"]]
+    assert [e["code"] for e in page["data"]["events"]] == ["system"]  # the join
+
+    typing = await client.call({"code": "typing", "room_id": room, "data": {"is_typing": True}})
+    assert typing is None  # a signal: nothing answers it
+
+
+async def test_messages_emitted_without_waiting_keep_their_order(sio_connect: Any) -> None:
+    room = f"room-{uuid.uuid4().hex[:8]}"
+    client = await sio_connect(headers={"User-ID": "sio-user"})
+    await client.recv()
+    texts = [f"m{n}" for n in range(60)]
+    acks = await asyncio.gather(
+        *(client.call({"code": "chat", "room_id": room, "data": {"message": t}}) for t in texts)
+    )
+    assert [a["data"]["message"] for a in acks] == texts
+    ids = [a["event_id"] for a in acks]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids), "appended in the order emitted"
+    delivered = [(await client.recv_code_chat())["data"]["message"] for _ in texts]
+    assert delivered == texts
+
+
+async def test_a_server_side_close_says_why_before_disconnecting(start_server: Any) -> None:
+    server = start_server(rate_limit=1)  # 2 admitted at once, then 10 refusals, then abuse
+    client = SioClient()
+    disconnected = asyncio.Event()
+    client.sio.on("disconnect", lambda *reason: disconnected.set())
+    await client.sio.connect(
+        server.http, socketio_path="/ws", transports=["websocket"], wait_timeout=TIMEOUT
+    )
+    try:
+        await client.recv()  # welcome
+        for n in range(20):
+            await client.emit({"code": "typing", "room_id": "r", "data": {"is_typing": n % 2}})
+
+        last = await client.recv_until(lambda m: "close_code" in m["data"].get("details", {}))
+        assert last["code"] == "system"
+        assert last["data"]["details"] == {
+            "close_code": 1008,
+            "reason": "rate limit persistently exceeded",
+        }
+        await asyncio.wait_for(disconnected.wait(), TIMEOUT)
+    finally:
+        await client.sio.disconnect()
