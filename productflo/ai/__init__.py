@@ -1,0 +1,26 @@
+"""The AI assistant, haitch: providers that stream answers, and the prompts they are given."""
+
+from productflo.ai.prompts import document_title, messages_for
+from productflo.ai.providers import (
+    AI_KINDS,
+    AIRequest,
+    ContextMessage,
+    OfflineProvider,
+    OpenAIProvider,
+    Provider,
+    ProviderError,
+    create_provider,
+)
+
+__all__ = [
+    "AI_KINDS",
+    "AIRequest",
+    "ContextMessage",
+    "OfflineProvider",
+    "OpenAIProvider",
+    "Provider",
+    "ProviderError",
+    "create_provider",
+    "document_title",
+    "messages_for",
+]

@@ -1,0 +1,1 @@
+"""Tests of the AI assistant: prompts, providers, and a fake OpenAI-compatible server."""
