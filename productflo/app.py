@@ -11,6 +11,8 @@ from fastapi import FastAPI, Response
 from fastapi.responses import FileResponse, JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from productflo.ai.assistant import Assistant
+from productflo.ai.providers import create_provider
 from productflo.auth import TokenVerifier
 from productflo.database import DatabaseUrl, resolve
 from productflo.errors import CloseCode, StoreError
@@ -31,6 +33,7 @@ _STATIC = Path(__file__).parent / "static"
 def create_app(settings: Settings, database: DatabaseUrl) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        provider = create_provider(settings)  # a bad AI configuration stops the start, clearly
         store = EventStore(database.dsn)
         await store.start()
         hub = Hub(store, poll_interval=settings.poll_interval)
@@ -39,7 +42,9 @@ def create_app(settings: Settings, database: DatabaseUrl) -> FastAPI:
         runners = [Runner(store, c, settings.poll_interval) for c in consumers]
         for runner in runners:
             await runner.start()
-        app.state.store, app.state.hub = store, hub
+        assistant = Assistant(store, hub, settings, provider)
+        await assistant.start()
+        app.state.store, app.state.hub, app.state.assistant = store, hub, assistant
         log.info("serving log %s from position %d", store.log_id, hub.dispatched)
         try:
             yield
@@ -49,6 +54,7 @@ def create_app(settings: Settings, database: DatabaseUrl) -> FastAPI:
                 session.request_close(CloseCode.SERVICE_RESTART, "server restarting")
             for session in hub.sessions:
                 await session.wait_closed()
+            await assistant.stop()
             for runner in runners:
                 await runner.stop()
             await store.close()

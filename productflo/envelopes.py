@@ -213,11 +213,26 @@ def welcome(user_id: str, details: JsonObject) -> JsonObject:
     )
 
 
+# The assistant's answers, stored as `<request code>_response` and sent with the seed's codes:
+# in the room when they succeed, in the requester's own stream when the provider failed.
+ANSWER_CODES = {
+    "haitch_chat_response": "chat_response",
+    "idea_response": "idea_response",
+    "documentation_response": "documentation_response",
+    "engineering_response": "engineering_response",
+}
+ANSWER_TYPES = tuple(ANSWER_CODES)
+
 # Stored event types members of a room see (live, replayed, in history pages).
-ROOM_TYPES = ("chat", "join", "leave")
+ROOM_TYPES = ("chat", "join", "leave", *ANSWER_TYPES)
 HISTORY_TYPES = ROOM_TYPES
 # Stored event types a user's own stream delivers to them.
-USER_TYPES = ("notification",)
+USER_TYPES = ("notification", *ANSWER_TYPES)
+
+
+def answer_type(request_code: str) -> str:
+    """The stored type of the answer to an AI request (`idea` -> `idea_response`)."""
+    return f"{request_code}_response"
 
 
 @dataclass(frozen=True)
@@ -276,4 +291,10 @@ def _envelope_of(event: RecordedEvent) -> JsonObject:
         # The subject is the user notified; who caused it is in data.details.
         common["room_id"] = event.data.get("details", {}).get("room_id")
         return envelope("success", "notification", event.addressee, event.data, **common)
+    if event.type in ANSWER_CODES:
+        code = ANSWER_CODES[event.type]
+        if event.addressee is not None:  # a failure, told to the requester alone
+            common["room_id"] = event.data.get("details", {}).get("room_id")
+            return envelope("error", code, event.addressee, event.data, **common)
+        return envelope("success", code, actor, event.data, **common)
     return envelope("pending", event.type, actor, event.data, **common)

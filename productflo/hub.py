@@ -30,9 +30,9 @@ from typing import TYPE_CHECKING, Any
 
 from productflo import metrics
 from productflo.access import Access, event_room
-from productflo.envelopes import envelope, now_iso, render_event
+from productflo.envelopes import Audience, envelope, now_iso, render_event
 from productflo.errors import CloseCode, StoreError
-from productflo.events.models import RecordedEvent
+from productflo.events.models import JsonObject, RecordedEvent
 from productflo.events.store import EventStore
 from productflo.events.tailer import Tailer
 from productflo.projections import membership
@@ -212,9 +212,42 @@ class Hub:
             }
         )
 
+    async def publish(self, audience: Audience, message: JsonObject) -> None:
+        """Send an envelope that is not stored (an answer as it streams, progress logs) to its
+        audience on every process, with the same read rules as the log's events."""
+        await self.store.publish_volatile(
+            {
+                "kind": "envelope",
+                "audience": audience.kind,
+                "name": audience.name,
+                "envelope": message,
+            }
+        )
+
     def _receive_volatile(self, payload: dict[str, Any]) -> None:
-        if payload.get("kind") != "typing":
+        if payload.get("kind") == "envelope":
+            self._receive_envelope(payload)
+        elif payload.get("kind") == "typing":
+            self._receive_typing(payload)
+
+    def _receive_envelope(self, payload: dict[str, Any]) -> None:
+        kind, name, message = payload.get("audience"), payload.get("name"), payload.get("envelope")
+        if not isinstance(name, str) or not isinstance(message, dict):
             return
+        if kind == "room":
+            recipients: set[str] = self._members.get(name, set())
+        elif kind == "user":
+            recipients = {name}
+        else:
+            return
+        room = message.get("room_id")
+        for user in recipients:
+            for session in self._sessions.get(user, ()):
+                # A signal, not an event: where the room's flag is not known, it is dropped.
+                if not isinstance(room, str) or self.access.may_read(session.identity, room):
+                    session.deliver(message)
+
+    def _receive_typing(self, payload: dict[str, Any]) -> None:
         user, room = payload.get("user_id"), payload.get("room_id")
         if not isinstance(user, str) or not isinstance(room, str):
             return

@@ -23,3 +23,12 @@ APPEND_SECONDS = Histogram(
 SLOW_CLIENTS_DROPPED = Counter(
     "productflo_slow_clients_closed_total", "Connections closed 1013 for not keeping up"
 )
+AI_ANSWERS = Counter(
+    "productflo_ai_answers_total", "AI requests answered, by code and outcome", ["code", "outcome"]
+)
+AI_SECONDS = Histogram(
+    "productflo_ai_answer_seconds",
+    "From taking an AI request up to storing its answer",
+    ["code"],
+    buckets=(0.1, 0.5, 1, 2, 5, 10, 20, 30, 60, 120),
+)

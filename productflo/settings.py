@@ -39,6 +39,11 @@ class Settings(BaseSettings):
     ai_api_key: SecretStr | None = None
     ai_model: str | None = None
     ai_timeout: float = 60.0
+    # Not in the contract: how many AI requests run at once, in this process and per requester,
+    # and how many of the room's recent messages are offered to the model (within its budget).
+    ai_concurrency: int = Field(default=8, gt=0)
+    ai_per_user: int = Field(default=2, gt=0)
+    ai_context_messages: int = Field(default=50, ge=0)
 
     # Knobs that are not part of the contract but that operators and tests need.
     outbound_queue_size: int = Field(default=1000, gt=0)

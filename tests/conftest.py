@@ -169,18 +169,14 @@ def server(start_server: Any) -> ServerThread:
 
 
 @pytest.fixture
-async def connect(server: ServerThread) -> AsyncIterator[Any]:
+def connect(server: ServerThread, connect_to: Any) -> Any:
     """`await connect(path, **options)` opens a Client that is closed after the test."""
-    clients: list[Client] = []
 
     async def open_client(path: str = "/ws", **options: Any) -> Client:
-        client = await Client.open(server.ws + path, **options)
-        clients.append(client)
+        client: Client = await connect_to(server, path, **options)
         return client
 
-    yield open_client
-    for client in clients:
-        await client.close()
+    return open_client
 
 
 def free_port() -> int:
@@ -188,3 +184,18 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+@pytest.fixture
+async def connect_to() -> AsyncIterator[Any]:
+    """`await connect_to(server, path)`: `connect` for a server started with `start_server`."""
+    clients: list[Client] = []
+
+    async def open_client(target: ServerThread, path: str = "/ws", **options: Any) -> Client:
+        client = await Client.open(target.ws + path, **options)
+        clients.append(client)
+        return client
+
+    yield open_client
+    for client in clients:
+        await client.close()

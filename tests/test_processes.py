@@ -24,6 +24,7 @@ from websockets.exceptions import ConnectionClosed
 from productflo import migrate
 from productflo.database import DatabaseUrl, EmbeddedPostgres, start_embedded
 from productflo.settings import Settings
+from tests.ai.fake_openai import FakeOpenAI, fake_openai_fixture  # noqa: F401
 from tests.client import Client
 from tests.test_cli import ServerProcess, clean_environment
 from tests.transports.test_socketio import SioClient
@@ -389,6 +390,63 @@ async def test_after_kill_9_mid_burst_acknowledged_messages_survive_and_resends_
     assert len(rows) == len(ids), "each message stored exactly once"
     assert {r["client_msg_id"]: r["position"] for r in rows} == again
     assert await asyncio.to_thread(second.stop)
+
+
+async def test_an_ai_request_acknowledged_before_kill_9_is_answered_after_the_restart_once(
+    launch: Any, database_url: DatabaseUrl, tmp_path: Path, fake_openai: FakeOpenAI
+) -> None:
+    env = _environment(
+        database_url,
+        tmp_path,
+        PRODUCTFLO_AI_PROVIDER="openai",
+        PRODUCTFLO_AI_BASE_URL=fake_openai.url,
+        PRODUCTFLO_AI_MODEL="crash-model",
+        PRODUCTFLO_AI_TIMEOUT="60",
+    )
+    fake_openai.hang()  # the model is thinking when the server dies
+    first = launch(env, "--no-migrate")
+    await _ready(first)
+    alice = await Client.open(first.ws + "/ws?user_id=alice")
+    try:
+        await _join(alice, ROOM)
+        await alice.send({"code": "idea", "room_id": ROOM, "data": {"message": "survive this"}})
+        pending = await alice.recv_until(lambda m: m["status"] == "pending", TIMEOUT)
+        async with asyncio.timeout(TIMEOUT):
+            while not fake_openai.requests:  # the handler has taken it and asked the model
+                await asyncio.sleep(0.05)
+        first.process.send_signal(signal.SIGKILL)
+        assert await asyncio.to_thread(first.process.wait, 30) == -signal.SIGKILL
+    finally:
+        await alice.close()
+
+    fake_openai.answer(["answered ", "after the restart"])
+    second = launch(env, "--no-migrate")
+    await _ready(second)
+    since = pending["event_id"]
+    alice = await Client.open(second.ws + f"/ws?user_id=alice&last_event_id={since}")
+    try:
+        answer = await alice.recv_until(
+            lambda m: m["code"] == "idea_response" and m["status"] == "success", TIMEOUT
+        )
+        assert answer["data"]["message"] == "answered after the restart"
+        assert answer["data"]["in_reply_to"]["event_id"] == pending["event_id"]
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(1.0):  # and no second answer follows
+                again = await alice.recv_until(
+                    lambda m: m["code"] == "idea_response" and "event_id" in m, TIMEOUT
+                )
+                pytest.fail(f"answered twice: {again}")
+    finally:
+        await alice.close()
+    connection = await asyncpg.connect(database_url.dsn)
+    try:
+        answers = await connection.fetchval(
+            "SELECT count(*) FROM events WHERE type = 'idea_response'"
+        )
+    finally:
+        await connection.close()
+    assert answers == 1, "answered once"
+    assert len(fake_openai.requests) == 2, "asked once before the kill and once after"
 
 
 # -- PostgreSQL stopped and started under a running server ---------------------------------------

@@ -173,6 +173,10 @@ class EventStore:
             await self._pool.close()
 
     @property
+    def dsn(self) -> str:
+        return self._dsn
+
+    @property
     def pool(self) -> asyncpg.Pool:
         if self._pool is None:
             raise RuntimeError("EventStore.start() has not run")

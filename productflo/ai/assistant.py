@@ -1,0 +1,425 @@
+"""haitch at work: the consumer of the log that answers AI requests.
+
+A request (`haitch_chat`, `idea`, `documentation`, `engineering`) is appended and acknowledged with
+`pending` like any message; this handler finds it in the log and answers it:
+
+    request in the log ──▶ logs: context read ──▶ pieces as they stream (not stored)
+                       ──▶ the answer appended to the room (or the failure to the requester)
+                       ──▶ for a document, a notification to the requester, in the same append
+
+One process answers at a time: the one holding a PostgreSQL advisory lock on a connection of its
+own. When that process dies, PostgreSQL drops the connection and the lock with it, and another
+process (or the restarted one) takes over from the checkpoint.
+
+Each request runs in its own task, at most `ai_concurrency` at once in the process and
+`ai_per_user` per requester, so a slow model holds up neither the connection that asked nor
+anyone else's requests. The checkpoint (a row of `projection_checkpoints`) moves past a request
+only once its answer is in the log, so a request acknowledged before a crash is answered after the
+restart; the answer's event id derives from the request's, so it is stored once even if two
+processes ever answered the same request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+
+import asyncpg
+
+from productflo import metrics
+from productflo.ai.prompts import ASSISTANT_ID, document_title
+from productflo.ai.providers import AI_KINDS, AIRequest, ContextMessage, Provider, ProviderError
+from productflo.envelopes import ANSWER_CODES, ANSWER_TYPES, Audience, answer_type, envelope
+from productflo.errors import ErrorCode, StoreError
+from productflo.events.models import JsonObject, NewEvent, RecordedEvent, room_stream, user_stream
+from productflo.events.store import EventStore, connect
+from productflo.events.tailer import Tailer
+from productflo.hub import Hub
+from productflo.projections.framework import checkpoint
+from productflo.settings import Settings
+
+log = logging.getLogger(__name__)
+
+NAME = "handler:ai"
+_LOCK = "productflo:handler:ai"
+_NAMESPACE = uuid.UUID("3c0d8f4e-71a2-4b5f-9e6d-2a8b1c7f0e93")
+CONTEXT_TYPES = ("chat", *AI_KINDS, *ANSWER_TYPES)
+PIECE_INTERVAL = 0.05  # seconds: streamed text is sent at most this often per answer ...
+PIECE_CHARS = 1000  # ... and at most this much at a time (a NOTIFY payload holds 8000 bytes)
+RETRY_SECONDS = 1.0  # between attempts to store an answer while the database is away
+
+
+def answer_id(request: RecordedEvent) -> uuid.UUID:
+    """The event id of the answer to `request`: the same on every attempt, in every process."""
+    return uuid.uuid5(_NAMESPACE, f"{request.event_id}:answer")
+
+
+def is_request(event: RecordedEvent) -> bool:
+    return event.type in AI_KINDS and event.room_id is not None and event.user_id is not None
+
+
+class Assistant:
+    """Started and stopped with the app; answers while this process holds the lock."""
+
+    def __init__(self, store: EventStore, hub: Hub, settings: Settings, provider: Provider) -> None:
+        self._store = store
+        self._hub = hub
+        self._settings = settings
+        self.provider = provider
+        self._task: asyncio.Task[None] | None = None
+        self._slots = asyncio.Semaphore(settings.ai_concurrency)
+        self._per_user: defaultdict[str, asyncio.Semaphore] = defaultdict(
+            lambda: asyncio.Semaphore(settings.ai_per_user)
+        )
+        self._answering: dict[int, asyncio.Task[None]] = {}  # request position -> its task
+        self._read_to = 0
+        self._saved = 0
+        self.leading = asyncio.Event()
+
+    async def start(self) -> None:
+        async with self._store.pool.acquire() as connection:
+            await connection.execute(
+                "INSERT INTO projection_checkpoints (name, position) VALUES ($1, 0) "
+                "ON CONFLICT (name) DO NOTHING",
+                NAME,
+            )
+        self._task = asyncio.create_task(self._lead(), name="ai-assistant")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.provider.aclose()
+
+    # -- leadership ----------------------------------------------------------------------------
+
+    async def _lead(self) -> None:
+        """Wait for the lock, answer while holding it, start over when its connection is lost."""
+        while True:
+            try:
+                connection = await connect(self._store.dsn)
+            except StoreError:
+                await asyncio.sleep(self._settings.poll_interval)
+                continue
+            try:
+                if await connection.fetchval("SELECT pg_try_advisory_lock(hashtext($1))", _LOCK):
+                    log.info("answering AI requests in this process")
+                    await self._serve(connection)
+                else:
+                    await asyncio.sleep(self._settings.poll_interval)
+            except Exception:
+                log.warning("AI assistant: starting over", exc_info=True)
+                await asyncio.sleep(self._settings.poll_interval)
+            finally:
+                self.leading.clear()
+                await self._abandon()
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(connection.close(), 5)
+
+    async def _serve(self, connection: asyncpg.Connection) -> None:
+        self._read_to = self._saved = await checkpoint(self._store.pool, NAME)
+        self.leading.set()
+        tasks = [
+            asyncio.create_task(self._follow(), name="ai-follow"),
+            asyncio.create_task(self._watch(connection), name="ai-lock-watch"),
+        ]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                task.result()  # raises what ended it
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _follow(self) -> None:
+        tailer = Tailer(self._store, self._read_to, poll_interval=self._settings.poll_interval)
+        try:
+            while True:
+                batch = await tailer.next_batch()
+                for event in batch:
+                    if is_request(event):
+                        self._begin(event)
+                self._read_to = batch[-1].position
+                await self._save_checkpoint()
+        finally:
+            tailer.close()
+
+    async def _watch(self, connection: asyncpg.Connection) -> None:
+        """Return (so that _serve stops) as soon as the lock's connection is gone."""
+        while True:
+            await asyncio.sleep(max(1.0, self._settings.poll_interval))
+            await asyncio.wait_for(connection.fetchval("SELECT 1"), 10)
+
+    async def _abandon(self) -> None:
+        """Leadership lost: stop answering; whoever leads next starts from the checkpoint."""
+        tasks = list(self._answering.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._answering.clear()
+
+    # -- the checkpoint ------------------------------------------------------------------------
+
+    def _begin(self, request: RecordedEvent) -> None:
+        task = asyncio.create_task(self._answer(request), name=f"ai-answer-{request.position}")
+        self._answering[request.position] = task
+        task.add_done_callback(lambda _: self._finished(request.position))
+
+    def _finished(self, position: int) -> None:
+        self._answering.pop(position, None)
+        if self.leading.is_set():
+            asyncio.get_running_loop().create_task(self._save_checkpoint())
+
+    async def _save_checkpoint(self) -> None:
+        """Everything before the oldest request still being answered is done."""
+        done = min(self._answering, default=self._read_to + 1) - 1
+        done = min(done, self._read_to)
+        if done <= self._saved:
+            return
+        self._saved = done
+        with contextlib.suppress(Exception):  # a later save, or the next leader, catches up
+            await self._store.pool.execute(
+                "UPDATE projection_checkpoints SET position = greatest(position, $2), "
+                "updated_at = now() WHERE name = $1",
+                NAME,
+                done,
+            )
+
+    # -- one request ---------------------------------------------------------------------------
+
+    async def _answer(self, request: RecordedEvent) -> None:
+        assert request.user_id is not None and request.room_id is not None
+        async with self._per_user[request.user_id], self._slots:
+            if await self._store.fetch(
+                "SELECT 1 FROM events WHERE event_id = $1", answer_id(request)
+            ):
+                return  # answered before a crash, and the checkpoint did not move past it yet
+            started = time.monotonic()
+            asked = await self._request(request)
+            await self._progress(request, "context", _context_note(asked))
+            await self._progress(
+                request, "model", f"Asking {self.provider.name} ({self.provider.model})"
+            )
+            try:
+                text = await self._stream(request, asked)
+            except ProviderError as failure:
+                metrics.AI_ANSWERS.labels(request.type, "error").inc()
+                log.warning("AI request %d failed: %s", request.position, failure)
+                events = [self._failure(request, str(failure))]
+            else:
+                metrics.AI_ANSWERS.labels(request.type, "success").inc()
+                events = self._success(request, asked, text)
+            metrics.AI_SECONDS.labels(request.type).observe(time.monotonic() - started)
+            await self._store_answer(events)
+
+    async def _request(self, request: RecordedEvent) -> AIRequest:
+        """The request with the room's recent conversation before it."""
+        assert request.room_id is not None and request.user_id is not None
+        earlier = await self._store.read_stream(
+            room_stream(request.room_id),
+            before=request.position,
+            limit=self._settings.ai_context_messages,
+            types=CONTEXT_TYPES,
+        )
+        files = request.data.get("attached_files")
+        message = request.data.get("message")
+        return AIRequest(
+            kind=request.type,
+            user_id=request.user_id,
+            room_id=request.room_id,
+            message=message if isinstance(message, str) else "",
+            attached_files=tuple(f for f in files if isinstance(f, str))
+            if isinstance(files, list)
+            else (),
+            context=tuple(_said(event) for event in earlier if _said(event).text),
+        )
+
+    async def _stream(self, request: RecordedEvent, asked: AIRequest) -> str:
+        """The whole answer; its pieces go to the room as they come, a few at a time."""
+        pieces: list[str] = []
+        pending: list[str] = []
+        sent = 0
+        last = time.monotonic()
+
+        async def flush() -> None:
+            nonlocal sent, last
+            text = "".join(pending)
+            pending.clear()
+            for chunk in _chunks(text, PIECE_CHARS):
+                await self._publish_piece(request, chunk, sent)
+                sent += 1
+            last = time.monotonic()
+
+        async with contextlib.aclosing(_generator(self.provider.stream(asked))) as stream:
+            async for piece in stream:
+                pieces.append(piece)
+                pending.append(piece)
+                if time.monotonic() - last >= PIECE_INTERVAL:
+                    await flush()
+        if pending:
+            await flush()
+        return "".join(pieces)
+
+    async def _publish_piece(self, request: RecordedEvent, text: str, sequence: int) -> None:
+        assert request.room_id is not None
+        data = {
+            "sender": ASSISTANT_ID,
+            "delta": text,
+            "sequence": sequence,
+            "in_reply_to": request.position,
+        }
+        code = _code(request)
+        message = envelope(
+            "pending",
+            code,
+            ASSISTANT_ID,
+            data,
+            room_id=request.room_id,
+            client_msg_id=_client_msg_id(request),
+        )
+        with contextlib.suppress(Exception):  # pieces are a courtesy; the answer is what counts
+            await self._hub.publish(Audience("room", request.room_id), message)
+
+    async def _progress(self, request: RecordedEvent, step: str, text: str) -> None:
+        """A `logs` envelope for the requester: what the assistant is doing."""
+        details = {"step": step, "in_reply_to": request.position, "code": _code(request)}
+        message = envelope(
+            "success",
+            "logs",
+            request.user_id,
+            {"message": text, "details": details},
+            room_id=request.room_id,
+            client_msg_id=_client_msg_id(request),
+        )
+        assert request.user_id is not None
+        with contextlib.suppress(Exception):
+            await self._hub.publish(Audience("user", request.user_id), message)
+
+    def _success(self, request: RecordedEvent, asked: AIRequest, text: str) -> list[NewEvent]:
+        assert request.room_id is not None and request.user_id is not None
+        data: JsonObject = {
+            "message": text,
+            "sender": ASSISTANT_ID,
+            "in_reply_to": {
+                "event_id": request.position,
+                "user_id": request.user_id,
+                "message": asked.message,
+            },
+            "provider": self.provider.name,
+            "model": self.provider.model,
+        }
+        notify: list[NewEvent] = []
+        if request.type == "documentation":
+            title = document_title(asked, text)
+            data["document"] = {"title": title, "format": "markdown", "content": text}
+            data["message"] = f"Document ready: {title}"
+            notify.append(self._document_ready(request, title))
+        answer = NewEvent(
+            room_stream(request.room_id),
+            answer_type(request.type),
+            data,
+            self._metadata(request, ASSISTANT_ID),
+            answer_id(request),
+        )
+        return [answer, *notify]
+
+    def _document_ready(self, request: RecordedEvent, title: str) -> NewEvent:
+        assert request.user_id is not None
+        details = {
+            "kind": "document",
+            "room_id": request.room_id,
+            "title": title,
+            "in_reply_to": request.position,
+        }
+        return NewEvent(
+            user_stream(request.user_id),
+            "notification",
+            {"message": f"Your document is ready: {title}", "details": details},
+            self._metadata(request, ASSISTANT_ID),
+            uuid.uuid5(_NAMESPACE, f"{request.event_id}:notification"),
+        )
+
+    def _failure(self, request: RecordedEvent, reason: str) -> NewEvent:
+        assert request.user_id is not None
+        details = {
+            "error_code": str(ErrorCode.AI_PROVIDER_ERROR),
+            "message": reason,
+            "room_id": request.room_id,
+            "in_reply_to": request.position,
+        }
+        return NewEvent(
+            user_stream(request.user_id),
+            answer_type(request.type),
+            {"message": reason, "details": details},
+            self._metadata(request, ASSISTANT_ID),
+            answer_id(request),
+        )
+
+    def _metadata(self, request: RecordedEvent, user_id: str) -> JsonObject:
+        metadata: JsonObject = {
+            "user_id": user_id,
+            "causation_id": str(request.event_id),
+            "provider": self.provider.name,
+            "model": self.provider.model,
+        }
+        if (echo := _client_msg_id(request)) is not None:
+            metadata["client_msg_id"] = echo
+        return metadata
+
+    async def _store_answer(self, events: list[NewEvent]) -> None:
+        """Keep trying while the database is away: the answer is all the user is waiting for."""
+        while True:
+            try:
+                await self._store.append(events)
+                return
+            except Exception:
+                log.warning("could not store an AI answer; retrying", exc_info=True)
+                await asyncio.sleep(RETRY_SECONDS)
+
+
+def _said(event: RecordedEvent) -> ContextMessage:
+    """One earlier message of the room as the model sees it."""
+    if event.type in ANSWER_TYPES:
+        document = event.data.get("document")
+        text = document.get("content") if isinstance(document, dict) else event.data.get("message")
+        return ContextMessage(ASSISTANT_ID, text if isinstance(text, str) else "")
+    text = event.data.get("message")
+    return ContextMessage(event.user_id or "someone", text if isinstance(text, str) else "")
+
+
+def _context_note(asked: AIRequest) -> str:
+    files = f" and {len(asked.attached_files)} attached file(s)" if asked.attached_files else ""
+    return f"Read {len(asked.context)} recent message(s) of the room{files}"
+
+
+def _code(request: RecordedEvent) -> str:
+    return ANSWER_CODES[answer_type(request.type)]
+
+
+def _client_msg_id(request: RecordedEvent) -> str | None:
+    echo = request.metadata.get("client_msg_id")
+    return echo if isinstance(echo, str) else None
+
+
+def _chunks(text: str, size: int) -> Iterator[str]:
+    for start in range(0, len(text), size):
+        yield text[start : start + size]
+
+
+async def _generator(pieces: AsyncIterator[str]) -> AsyncGenerator[str, None]:
+    """Any async iterator as an async generator that, when closed early (the task cancelled),
+    closes the provider's stream too, which releases its HTTP connection."""
+    try:
+        async for piece in pieces:
+            yield piece
+    finally:
+        aclose = getattr(pieces, "aclose", None)
+        if aclose is not None:
+            await aclose()

@@ -1,0 +1,312 @@
+"""haitch answering in the room: real servers, real PostgreSQL, and for the `openai` provider a
+real HTTP server on loopback that speaks the OpenAI streaming protocol (tests/ai/fake_openai.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import asyncpg
+import pytest
+from pydantic import SecretStr
+
+from productflo.database import DatabaseUrl
+from tests.ai.fake_openai import FakeOpenAI, fake_openai_fixture  # noqa: F401
+from tests.client import Client
+
+pytestmark = pytest.mark.anyio
+
+TIMEOUT = 20.0
+ANSWER_CODES = {
+    "haitch_chat": "chat_response",
+    "idea": "idea_response",
+    "documentation": "documentation_response",
+    "engineering": "engineering_response",
+}
+
+
+def _room() -> str:
+    return f"room-{uuid.uuid4().hex[:8]}"
+
+
+def _openai(fake: FakeOpenAI, **extra: Any) -> dict[str, Any]:
+    return {
+        "ai_provider": "openai",
+        "ai_base_url": fake.url,
+        "ai_model": "test-model",
+        "ai_api_key": SecretStr("sk-test-key"),  # model_copy does not validate
+        "ai_timeout": 2.0,
+        **extra,
+    }
+
+
+def _is_answer(message: dict[str, Any], request_id: int) -> bool:
+    data = message.get("data", {})
+    if message["status"] == "error":
+        return data.get("details", {}).get("in_reply_to") == request_id
+    return (
+        message["status"] == "success"
+        and isinstance(data.get("in_reply_to"), dict)
+        and data["in_reply_to"]["event_id"] == request_id
+    )
+
+
+async def ask(
+    client: Client, code: str, room: str, text: str, **data: Any
+) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any]]:
+    """Send an AI request; return its `pending`, what came in between, and the answer."""
+    msg_id = uuid.uuid4().hex[:12]
+    await client.send(
+        {"code": code, "room_id": room, "client_msg_id": msg_id, "data": {"message": text, **data}}
+    )
+    pending = await client.recv_until(
+        lambda m: m["status"] == "pending" and m.get("client_msg_id") == msg_id and "event_id" in m,
+        TIMEOUT,
+    )
+    between: list[dict[str, Any]] = []
+    async with asyncio.timeout(TIMEOUT):
+        while True:
+            message = await client.recv(TIMEOUT)
+            if _is_answer(message, pending["event_id"]):
+                return pending, between, message
+            between.append(message)
+
+
+def _pieces(between: list[dict[str, Any]], request_id: int) -> list[dict[str, Any]]:
+    return [
+        m
+        for m in between
+        if m["status"] == "pending" and m["data"].get("in_reply_to") == request_id
+    ]
+
+
+async def _answers_in_log(database: DatabaseUrl) -> list[asyncpg.Record]:
+    connection = await asyncpg.connect(database.dsn)
+    try:
+        return list(
+            await connection.fetch(
+                "SELECT position, type, stream, data FROM events WHERE type LIKE '%_response' "
+                "ORDER BY position"
+            )
+        )
+    finally:
+        await connection.close()
+
+
+# -- the offline provider, end to end ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("code", list(ANSWER_CODES))
+async def test_offline_answers_each_code_in_the_room(server: Any, connect: Any, code: str) -> None:
+    room = _room()
+    alice = await connect("/ws?user_id=alice")
+    bob = await connect("/ws?user_id=bob")
+    await alice.join(room)
+    await bob.join(room)
+    await bob.chat(room, "The enclosure must survive rain and a 1 m drop")
+    await alice.recv_until(lambda m: m["code"] == "chat_response")
+
+    pending, between, answer = await ask(
+        alice, code, room, "Plan the waterproof thermostat enclosure", attached_files=["req.pdf"]
+    )
+
+    assert pending["code"] == code and pending["user_id"] == "alice"
+    assert answer["code"] == ANSWER_CODES[code] and answer["status"] == "success"
+    assert answer["client_msg_id"] == pending["client_msg_id"]
+    assert answer["data"]["sender"] == "haitch" and answer["user_id"] == "haitch"
+    assert answer["data"]["in_reply_to"]["message"] == "Plan the waterproof thermostat enclosure"
+    assert answer["event_id"] > pending["event_id"]
+    text = (
+        answer["data"]["document"]["content"]
+        if code == "documentation"
+        else answer["data"]["message"]
+    )
+    assert "Offline assistant" in text, "the offline provider says what it is"
+    assert "enclosure" in text.lower()
+    streamed = _pieces(between, pending["event_id"])
+    assert streamed and "".join(p["data"]["delta"] for p in streamed) == text
+    assert [p["data"]["sequence"] for p in streamed] == list(range(len(streamed)))
+    steps = [m["data"]["details"]["step"] for m in between if m["code"] == "logs"]
+    assert steps[:2] == ["context", "model"]
+
+    # Bob, in the room, sees the answer stream in and arrive (the same event), but not the
+    # acknowledgement of Alice's request.
+    seen_by_bob = []
+    async with asyncio.timeout(TIMEOUT):
+        while not seen_by_bob or "event_id" not in seen_by_bob[-1]:
+            message = await bob.recv_until(lambda m: m["code"] in (code, ANSWER_CODES[code]))
+            if message["data"].get("sender") == "haitch" or message["code"] == code:
+                seen_by_bob.append(message)
+    assert seen_by_bob[-1] == answer
+    assert all(m["code"] != code for m in seen_by_bob)
+    assert _pieces(seen_by_bob, pending["event_id"]) == streamed
+
+
+async def test_a_document_comes_as_markdown_with_a_notification(server: Any, connect: Any) -> None:
+    room = _room()
+    alice = await connect("/ws?user_id=alice")
+    await alice.join(room)
+    _, _, answer = await ask(
+        alice, "documentation", room, "Technical specification for our thermostat"
+    )
+    document = answer["data"]["document"]
+    assert document["format"] == "markdown"
+    assert document["content"].startswith("# ")
+    assert document["title"] == document["content"].splitlines()[0].removeprefix("# ").strip()
+    note = await alice.recv_until(lambda m: m["code"] == "notification", TIMEOUT)
+    assert note["data"]["details"]["kind"] == "document"
+    assert note["data"]["details"]["title"] == document["title"]
+    assert note["room_id"] == room
+
+
+async def test_the_answer_is_in_history_and_replayed(server: Any, connect: Any) -> None:
+    room = _room()
+    alice = await connect("/ws?user_id=alice")
+    await alice.join(room)
+    welcome = alice.welcome
+    assert welcome is not None
+    pending, _, answer = await ask(alice, "idea", room, "Ideas for a solar charger")
+
+    await alice.send({"code": "history", "room_id": room})
+    page = await alice.recv_code("history")
+    assert answer["event_id"] in [e["event_id"] for e in page["data"]["events"]]
+    await alice.close()
+
+    since = welcome["data"]["details"]["last_event_id"]
+    again = await connect(f"/ws?user_id=alice&last_event_id={since}")
+    replayed = []
+    while True:
+        message = await again.recv()
+        if message["data"].get("details", {}).get("replay_complete"):
+            break
+        replayed.append(message)
+    ids = [m["event_id"] for m in replayed]
+    assert pending["event_id"] in ids and answer["event_id"] in ids
+    assert ids.count(answer["event_id"]) == 1
+
+
+# -- an OpenAI-compatible provider ---------------------------------------------------------------
+
+
+async def test_the_model_gets_the_key_the_model_name_and_the_room(
+    start_server: Any, connect_to: Any, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.answer(["Use ", "a gasketed ", "polycarbonate case."], delay=0.1)
+    server = start_server(**_openai(fake_openai))
+    room = _room()
+    alice = await connect_to(server, "/ws?user_id=alice")
+    await alice.join(room)
+    await alice.chat(room, "We ship to Norway, so it must work at -30C")
+    await alice.recv_until(lambda m: m["code"] == "chat_response")
+
+    pending, between, answer = await ask(
+        alice, "haitch_chat", room, "What enclosure material?", attached_files=["spec.pdf"]
+    )
+
+    assert answer["data"]["message"] == "Use a gasketed polycarbonate case."
+    assert answer["data"]["model"] == "test-model" and answer["data"]["provider"] == "openai"
+    streamed = _pieces(between, pending["event_id"])
+    assert len(streamed) >= 2, "pieces arrive as the model sends them"
+    assert "".join(p["data"]["delta"] for p in streamed) == answer["data"]["message"]
+    [sent] = fake_openai.requests
+    assert sent.headers["authorization"] == "Bearer sk-test-key"
+    assert sent.body["model"] == "test-model" and sent.body["stream"] is True
+    prompt = "\n".join(m["content"] for m in sent.body["messages"])
+    assert "-30C" in prompt, "the room's conversation is the context"
+    assert "What enclosure material?" in prompt and "spec.pdf" in prompt
+    assert sent.body["messages"][0]["role"] == "system"
+
+
+@pytest.mark.parametrize("failure", ["http 500", "timeout"])
+async def test_a_failing_provider_gives_ai_provider_error_and_the_connection_lives(
+    start_server: Any, connect_to: Any, fake_openai: FakeOpenAI, failure: str
+) -> None:
+    if failure == "timeout":
+        fake_openai.hang()
+    else:
+        fake_openai.fail(500, times=10)
+    server = start_server(**_openai(fake_openai, ai_timeout=1.0))
+    room = _room()
+    alice = await connect_to(server, "/ws?user_id=alice")
+    bob = await connect_to(server, "/ws?user_id=bob")
+    await alice.join(room)
+    await bob.join(room)
+
+    _, _, answer = await ask(alice, "engineering", room, "Size the battery")
+
+    assert answer["status"] == "error" and answer["code"] == "engineering_response"
+    assert answer["data"]["details"]["error_code"] == "AI_PROVIDER_ERROR"
+    assert answer["user_id"] == "alice" and answer["room_id"] == room
+    assert "sk-test-key" not in str(answer) and "127.0.0.1" not in str(answer)
+    await alice.chat(room, "still here")  # the connection is alive
+    assert (await alice.recv_code("chat_response"))["data"]["message"] == "still here"
+    # Only the requester hears of the failure.
+    heard = await bob.recv_until(lambda m: m["code"] == "chat_response", TIMEOUT)
+    assert heard["data"]["message"] == "still here"
+
+
+async def test_a_slow_model_holds_up_neither_the_connection_nor_the_room(
+    start_server: Any, connect_to: Any, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.answer(["slow ", "answer"], delay=1.0)
+    server = start_server(**_openai(fake_openai, ai_timeout=5.0))
+    room = _room()
+    alice = await connect_to(server, "/ws?user_id=alice")
+    await alice.join(room)
+    await alice.send({"code": "haitch_chat", "room_id": room, "data": {"message": "think"}})
+    await alice.chat(room, "meanwhile")
+    first = await alice.recv_until(
+        lambda m: m["code"] == "chat_response" and m["status"] == "success", TIMEOUT
+    )
+    assert first["data"]["message"] == "meanwhile", "the chat is not queued behind the model"
+    answer = await alice.recv_until(
+        lambda m: m["code"] == "chat_response" and m["status"] == "success", TIMEOUT
+    )
+    assert answer["data"]["sender"] == "haitch" and answer["data"]["message"] == "slow answer"
+
+
+async def test_one_user_runs_at_most_ai_per_user_requests_at_once(
+    start_server: Any, connect_to: Any, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.answer(["done"], delay=0.5)
+    server = start_server(**_openai(fake_openai, ai_timeout=5.0, ai_per_user=1))
+    room = _room()
+    alice = await connect_to(server, "/ws?user_id=alice")
+    await alice.join(room)
+    for n in range(2):
+        await alice.send({"code": "idea", "room_id": room, "data": {"message": f"idea {n}"}})
+    first = await alice.recv_until(
+        lambda m: m["code"] == "idea_response" and m["status"] == "success", TIMEOUT
+    )
+    assert len(fake_openai.requests) == 1, "the second waited for the first"
+    await alice.recv_until(
+        lambda m: (
+            m["code"] == "idea_response"
+            and m.get("event_id", first["event_id"]) != first["event_id"]
+        ),
+        TIMEOUT,
+    )
+    assert len(fake_openai.requests) == 2
+
+
+async def test_two_servers_on_one_database_answer_once(
+    start_server: Any, connect_to: Any, fake_openai: FakeOpenAI, database_url: DatabaseUrl
+) -> None:
+    fake_openai.answer(["only ", "once"], delay=0.05)
+    one = start_server(**_openai(fake_openai))
+    two = start_server(**_openai(fake_openai))
+    room = _room()
+    alice = await connect_to(one, "/ws?user_id=alice")
+    bob = await connect_to(two, "/ws?user_id=bob")
+    await alice.join(room)
+    await bob.join(room)
+    _, _, answer = await ask(alice, "haitch_chat", room, "Who answers?")
+    heard = await bob.recv_until(
+        lambda m: m["data"].get("sender") == "haitch" and m["status"] == "success", TIMEOUT
+    )
+    assert heard["event_id"] == answer["event_id"]
+    assert heard["data"]["message"] == "only once"
+    await asyncio.sleep(1.0)  # time for a second answer, were there going to be one
+    assert len(fake_openai.requests) == 1
+    assert len(await _answers_in_log(database_url)) == 1
