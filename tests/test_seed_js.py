@@ -33,7 +33,7 @@ def node() -> str:
     executable = shutil.which("node")
     if executable is None:
         pytest.fail("node is not on PATH: the seed's JavaScript examples need Node.js 20+")
-    if not (JS / "node_modules" / "ws").is_dir():
+    if not all((JS / "node_modules" / package).is_dir() for package in ("ws", "socket.io-client")):
         pytest.fail(
             f"{JS / 'node_modules'} is missing: run `make test`, or `npm ci` in {JS}",
             pytrace=False,
@@ -49,8 +49,14 @@ def run_example(server: ServerThread, scenario: str, text: str) -> list[list[Any
         "PRODUCTFLO_TEST_TOKEN": mint(server.settings, SEED_USER),
         "PRODUCTFLO_TEST_TIMEOUT_MS": "10000",
     }
+    output = run_node([str(SCRIPT), scenario, text], env)
+    return [json.loads(line) for line in output.splitlines() if line.strip()]
+
+
+def run_node(args: list[str], env: dict[str, str] | None = None) -> str:
+    """Run a script of tests/js to completion; what it printed. Fails the test unless it exits 0."""
     completed = subprocess.run(
-        [node(), str(SCRIPT), scenario, text],
+        [node(), *args],
         cwd=JS,
         env=env,
         capture_output=True,
@@ -62,7 +68,7 @@ def run_example(server: ServerThread, scenario: str, text: str) -> list[list[Any
         f"node exited {completed.returncode}\nstderr:\n{completed.stderr}\n"
         f"stdout:\n{completed.stdout}"
     )
-    return [json.loads(line) for line in completed.stdout.splitlines() if line.strip()]
+    return completed.stdout
 
 
 def received(printed: list[list[Any]]) -> list[dict[str, Any]]:
@@ -108,20 +114,8 @@ def test_seed_socketio_example_chats_in_its_room(server: ServerThread) -> None:
         "PRODUCTFLO_TEST_TOKEN": mint(server.settings, SEED_USER),
         "PRODUCTFLO_TEST_TIMEOUT_MS": "10000",
     }
-    completed = subprocess.run(
-        [node(), str(JS / "seed_socketio.js"), text],
-        cwd=JS,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=NODE_TIMEOUT,
-        check=False,
-    )
-    assert completed.returncode == 0, (
-        f"node exited {completed.returncode}\nstderr:\n{completed.stderr}\n"
-        f"stdout:\n{completed.stdout}"
-    )
-    printed = [json.loads(line) for line in completed.stdout.splitlines() if line.strip()]
+    output = run_node([str(JS / "seed_socketio.js"), text], env)
+    printed = [json.loads(line) for line in output.splitlines() if line.strip()]
     assert ["Connected to Socket.IO"] in printed, printed
     messages = [args[1]["data"] for args in printed if args and args[0] == "Message received:"]
     welcome = messages[0]
