@@ -77,15 +77,18 @@ class Assistant:
             lambda: asyncio.Semaphore(settings.ai_per_user)
         )
         self._answering: dict[int, asyncio.Task[None]] = {}  # request position -> its task
+        self._saving: set[asyncio.Task[None]] = set()
         self._read_to = 0
         self._saved = 0
         self.leading = asyncio.Event()
 
     async def start(self) -> None:
+        # The first start in a database begins at the head: requests stored by a release that had
+        # no assistant (acknowledged, and told so) are not answered months later, all at once.
         async with self._store.pool.acquire() as connection:
             await connection.execute(
-                "INSERT INTO projection_checkpoints (name, position) VALUES ($1, 0) "
-                "ON CONFLICT (name) DO NOTHING",
+                "INSERT INTO projection_checkpoints (name, position) "
+                "SELECT $1, position FROM log_head ON CONFLICT (name) DO NOTHING",
                 NAME,
             )
         self._task = asyncio.create_task(self._lead(), name="ai-assistant")
@@ -175,7 +178,9 @@ class Assistant:
     def _finished(self, position: int) -> None:
         self._answering.pop(position, None)
         if self.leading.is_set():
-            asyncio.get_running_loop().create_task(self._save_checkpoint())
+            saving = asyncio.get_running_loop().create_task(self._save_checkpoint())
+            self._saving.add(saving)  # referenced until done, so it is not collected midway
+            saving.add_done_callback(self._saving.discard)
 
     async def _save_checkpoint(self) -> None:
         """Everything before the oldest request still being answered is done."""

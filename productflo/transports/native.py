@@ -11,6 +11,7 @@ from http.cookies import SimpleCookie
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from starlette.websockets import WebSocketState
 
+from productflo.ai.prompts import ASSISTANT_ID
 from productflo.auth import TokenVerifier, check_origin, find_token
 from productflo.envelopes import error_envelope
 from productflo.errors import (
@@ -30,6 +31,17 @@ log = logging.getLogger(__name__)
 router = APIRouter()
 
 _ANONYMOUS_ID = re.compile(r"^[A-Za-z0-9_.@:+|=~\-]{1,128}$")
+# Ids nobody may claim without a token: the assistant's answers come from "haitch".
+RESERVED_IDS = frozenset({ASSISTANT_ID})
+
+
+def id_problem(named: str) -> str | None:
+    """Why an anonymous connection may not call itself `named`; None when it may."""
+    if not _ANONYMOUS_ID.match(named):
+        return "user_id is not a valid id"
+    if named.lower() in RESERVED_IDS:
+        return f"user_id {named!r} is reserved"
+    return None
 
 
 class NativeTransport:
@@ -74,9 +86,10 @@ def user_id_cookie(user_id: str) -> tuple[bytes, bytes]:
 @router.websocket("/ws")
 async def anonymous_endpoint(websocket: WebSocket) -> None:
     named, _ = anonymous_identity(websocket)
-    if named is not None and not _ANONYMOUS_ID.match(named):
+    problem = id_problem(named) if named is not None else None
+    if named is not None and problem is not None:
         await websocket.accept()
-        error = ProtocolError(ErrorCode.INVALID_MESSAGE, "user_id is not a valid id")
+        error = ProtocolError(ErrorCode.INVALID_MESSAGE, problem)
         await websocket.send_text(json.dumps(error_envelope(named[:128], error)))
         await websocket.close(CloseCode.POLICY_VIOLATION, "invalid user_id")
         return

@@ -31,7 +31,7 @@ from productflo.errors import AuthenticationFailed, CloseCode, ForbiddenOrigin, 
 from productflo.events.models import JsonObject
 from productflo.session import Identity, Resume, Session
 from productflo.settings import Settings
-from productflo.transports.native import _ANONYMOUS_ID, generated_user_id
+from productflo.transports.native import generated_user_id, id_problem
 
 log = logging.getLogger(__name__)
 
@@ -143,8 +143,9 @@ def identify(
             raise socketio.exceptions.ConnectionRefusedError("Authentication failed") from failure
         return Identity(user_id=claims.subject, authenticated=True, claims=claims)
     named = environ.get("HTTP_USER_ID") or cookies.get("user_id")
-    if named is not None and not _ANONYMOUS_ID.match(named):
-        raise socketio.exceptions.ConnectionRefusedError("user_id is not a valid id")
+    problem = id_problem(named) if named is not None else None
+    if problem is not None:
+        raise socketio.exceptions.ConnectionRefusedError(problem)
     return Identity(user_id=named or generated_user_id(), authenticated=False)
 
 

@@ -12,6 +12,8 @@ import pytest
 from pydantic import SecretStr
 
 from productflo.database import DatabaseUrl
+from productflo.events.models import NewEvent, room_stream
+from productflo.events.store import EventStore
 from tests.ai.fake_openai import FakeOpenAI, fake_openai_fixture  # noqa: F401
 from tests.client import Client
 
@@ -310,3 +312,26 @@ async def test_two_servers_on_one_database_answer_once(
     await asyncio.sleep(1.0)  # time for a second answer, were there going to be one
     assert len(fake_openai.requests) == 1
     assert len(await _answers_in_log(database_url)) == 1
+
+
+async def test_requests_stored_before_the_assistant_first_ran_are_left_alone(
+    start_server: Any, connect_to: Any, database_url: DatabaseUrl
+) -> None:
+    """An upgrade does not answer, all at once, requests from a release without the assistant."""
+    store = EventStore(database_url.dsn)
+    await store.start()
+    try:
+        old = {"user_id": "alice", "authenticated": False}
+        await store.append([NewEvent(room_stream("old-room"), "idea", {"message": "old"}, old)])
+    finally:
+        await store.close()
+    server = start_server()
+    alice = await connect_to(server, "/ws?user_id=alice")
+    room = _room()
+    await alice.join(room)
+
+    pending, _, answer = await ask(alice, "idea", room, "new")
+
+    rows = await _answers_in_log(database_url)
+    assert [row["position"] for row in rows] == [answer["event_id"]]
+    assert answer["data"]["in_reply_to"]["event_id"] == pending["event_id"]
