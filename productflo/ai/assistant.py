@@ -26,7 +26,6 @@ import contextlib
 import logging
 import time
 import uuid
-from collections import defaultdict
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 
 import asyncpg
@@ -73,9 +72,7 @@ class Assistant:
         self.provider = provider
         self._task: asyncio.Task[None] | None = None
         self._slots = asyncio.Semaphore(settings.ai_concurrency)
-        self._per_user: defaultdict[str, asyncio.Semaphore] = defaultdict(
-            lambda: asyncio.Semaphore(settings.ai_per_user)
-        )
+        self._per_user: dict[str, _Turns] = {}  # requesters with requests in hand, only
         self._answering: dict[int, asyncio.Task[None]] = {}  # request position -> its task
         self._saving: set[asyncio.Task[None]] = set()
         self._read_to = 0
@@ -201,7 +198,7 @@ class Assistant:
 
     async def _answer(self, request: RecordedEvent) -> None:
         assert request.user_id is not None and request.room_id is not None
-        async with self._per_user[request.user_id], self._slots:
+        async with self._turn(request.user_id), self._slots:
             if await self._store.fetch(
                 "SELECT 1 FROM events WHERE event_id = $1", answer_id(request)
             ):
@@ -223,6 +220,19 @@ class Assistant:
                 events = self._success(request, asked, text)
             metrics.AI_SECONDS.labels(request.type).observe(time.monotonic() - started)
             await self._store_answer(events)
+
+    @contextlib.asynccontextmanager
+    async def _turn(self, user_id: str) -> AsyncIterator[None]:
+        """One of the requester's `ai_per_user` slots; forgotten once none is held or awaited."""
+        turns = self._per_user.setdefault(user_id, _Turns(self._settings.ai_per_user))
+        turns.holders += 1
+        try:
+            async with turns.semaphore:
+                yield
+        finally:
+            turns.holders -= 1
+            if not turns.holders:
+                del self._per_user[user_id]
 
     async def _request(self, request: RecordedEvent) -> AIRequest:
         """The request with the room's recent conversation before it."""
@@ -387,6 +397,14 @@ class Assistant:
             except Exception:
                 log.warning("could not store an AI answer; retrying", exc_info=True)
                 await asyncio.sleep(RETRY_SECONDS)
+
+
+class _Turns:
+    """A requester's slots, and how many of their requests hold or wait for one."""
+
+    def __init__(self, size: int) -> None:
+        self.semaphore = asyncio.Semaphore(size)
+        self.holders = 0
 
 
 def _said(event: RecordedEvent) -> ContextMessage:
