@@ -51,6 +51,7 @@ CONTEXT_TYPES = ("chat", *AI_KINDS, *ANSWER_TYPES)
 PIECE_INTERVAL = 0.05  # seconds: streamed text is sent at most this often per answer ...
 PIECE_CHARS = 1000  # ... and at most this much at a time (a NOTIFY payload holds 8000 bytes)
 RETRY_SECONDS = 1.0  # between attempts to store an answer while the database is away
+ATTEMPTS = 3  # at a request that fails for another reason than the provider
 
 
 def answer_id(request: RecordedEvent) -> uuid.UUID:
@@ -197,29 +198,44 @@ class Assistant:
     # -- one request ---------------------------------------------------------------------------
 
     async def _answer(self, request: RecordedEvent) -> None:
-        assert request.user_id is not None and request.room_id is not None
+        assert request.user_id is not None
         async with self._turn(request.user_id), self._slots:
-            if await self._store.fetch(
-                "SELECT 1 FROM events WHERE event_id = $1", answer_id(request)
-            ):
-                return  # answered before a crash, and the checkpoint did not move past it yet
-            started = time.monotonic()
-            asked = await self._request(request)
-            await self._progress(request, "context", _context_note(asked))
-            await self._progress(
-                request, "model", f"Asking {self.provider.name} ({self.provider.model})"
+            for attempt in range(1, ATTEMPTS + 1):
+                try:
+                    await self._answer_once(request)
+                    return
+                except Exception:  # the database, most likely: try again, then say so
+                    log.warning(
+                        "AI request %d: attempt %d failed", request.position, attempt, exc_info=True
+                    )
+                    if attempt < ATTEMPTS:
+                        await asyncio.sleep(RETRY_SECONDS * attempt)
+            # Never leave it unanswered: the checkpoint is about to move past it.
+            metrics.AI_ANSWERS.labels(request.type, "error").inc()
+            reason = "The request could not be answered. Please ask again."
+            await self._store_answer(
+                [self._failure(request, ErrorCode.FAILED_TO_PROCESS_MESSAGE, reason)]
             )
-            try:
-                text = await self._stream(request, asked)
-            except ProviderError as failure:
-                metrics.AI_ANSWERS.labels(request.type, "error").inc()
-                log.warning("AI request %d failed: %s", request.position, failure)
-                events = [self._failure(request, str(failure))]
-            else:
-                metrics.AI_ANSWERS.labels(request.type, "success").inc()
-                events = self._success(request, asked, text)
-            metrics.AI_SECONDS.labels(request.type).observe(time.monotonic() - started)
-            await self._store_answer(events)
+
+    async def _answer_once(self, request: RecordedEvent) -> None:
+        if await self._store.fetch("SELECT 1 FROM events WHERE event_id = $1", answer_id(request)):
+            return  # answered before a crash, and the checkpoint did not move past it yet
+        started = time.monotonic()
+        asked = await self._request(request)
+        await self._progress(request, "context", _context_note(asked))
+        model = f"Asking {self.provider.name} ({self.provider.model})"
+        await self._progress(request, "model", model)
+        try:
+            text = await self._stream(request, asked)
+        except ProviderError as failure:
+            metrics.AI_ANSWERS.labels(request.type, "error").inc()
+            log.warning("AI request %d failed: %s", request.position, failure)
+            events = [self._failure(request, ErrorCode.AI_PROVIDER_ERROR, str(failure))]
+        else:
+            metrics.AI_ANSWERS.labels(request.type, "success").inc()
+            events = self._success(request, asked, text)
+        metrics.AI_SECONDS.labels(request.type).observe(time.monotonic() - started)
+        await self._store_answer(events)
 
     @contextlib.asynccontextmanager
     async def _turn(self, user_id: str) -> AsyncIterator[None]:
@@ -361,10 +377,10 @@ class Assistant:
             uuid.uuid5(_NAMESPACE, f"{request.event_id}:notification"),
         )
 
-    def _failure(self, request: RecordedEvent, reason: str) -> NewEvent:
+    def _failure(self, request: RecordedEvent, code: ErrorCode, reason: str) -> NewEvent:
         assert request.user_id is not None
         details = {
-            "error_code": str(ErrorCode.AI_PROVIDER_ERROR),
+            "error_code": str(code),
             "message": reason,
             "room_id": request.room_id,
             "in_reply_to": request.position,

@@ -11,6 +11,7 @@ import asyncpg
 import pytest
 from pydantic import SecretStr
 
+from productflo.ai import assistant as assistant_module
 from productflo.database import DatabaseUrl
 from productflo.events.models import NewEvent, room_stream
 from productflo.events.store import EventStore
@@ -335,3 +336,28 @@ async def test_requests_stored_before_the_assistant_first_ran_are_left_alone(
     rows = await _answers_in_log(database_url)
     assert [row["position"] for row in rows] == [answer["event_id"]]
     assert answer["data"]["in_reply_to"]["event_id"] == pending["event_id"]
+
+
+async def test_a_request_that_keeps_failing_is_answered_with_an_error_not_dropped(
+    server: Any, connect: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever goes wrong inside the server, the requester hears back (fault injected below
+    the provider: reading the room's context fails every time)."""
+    monkeypatch.setattr(assistant_module, "RETRY_SECONDS", 0.01)
+    tries: list[int] = []
+
+    async def broken(request: Any) -> Any:
+        tries.append(request.position)
+        raise OSError("the context could not be read")
+
+    monkeypatch.setattr(server.app_state.assistant, "_request", broken)
+    room = _room()
+    alice = await connect("/ws?user_id=alice")
+    await alice.join(room)
+
+    pending, _, answer = await ask(alice, "haitch_chat", room, "hello?")
+
+    assert answer["status"] == "error" and answer["code"] == "chat_response"
+    assert answer["data"]["details"]["error_code"] == "FAILED_TO_PROCESS_MESSAGE"
+    assert "context" not in answer["data"]["message"], "no internals"
+    assert tries == [pending["event_id"]] * assistant_module.ATTEMPTS
