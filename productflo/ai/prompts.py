@@ -76,6 +76,19 @@ def messages_for(request: AIRequest, budget_tokens: int = 3000) -> list[dict[str
     return [{"role": "system", "content": system_prompt(request.kind)}, *kept, final]
 
 
+def alternating(messages: list[dict[str, str]]) -> list[dict[str, str]]:
+    """Neighbouring messages of one role joined into one message: the chat templates of some
+    models (Mistral's, served by vLLM or llama.cpp) refuse two user turns in a row."""
+    joined: list[dict[str, str]] = []
+    for message in messages:
+        if joined and joined[-1]["role"] == message["role"] != "system":
+            content = f"{joined[-1]['content']}\n\n{message['content']}"
+            joined[-1] = {"role": message["role"], "content": content}
+        else:
+            joined.append(dict(message))
+    return joined
+
+
 def context_message(message: ContextMessage) -> dict[str, str]:
     if message.user_id == ASSISTANT_ID:
         return {"role": "assistant", "content": message.text}

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 import httpx
 
 from productflo.ai.offline import offline_answer
-from productflo.ai.prompts import messages_for
+from productflo.ai.prompts import alternating, messages_for
 from productflo.errors import ProductfloError
 from productflo.settings import Settings
 
@@ -178,7 +178,8 @@ class OpenAIProvider:
         await self._client.aclose()
 
     async def stream(self, request: AIRequest) -> AsyncGenerator[str, None]:
-        payload = {"model": self.model, "messages": messages_for(request), "stream": True}
+        messages = alternating(messages_for(request))
+        payload = {"model": self.model, "messages": messages, "stream": True}
         # The deadline must not span a `yield`: it would cancel the consumer's code instead.
         try:
             async with asyncio.timeout(self._timeout):

@@ -6,6 +6,7 @@ import pytest
 
 from productflo.ai.prompts import (
     KIND_INSTRUCTIONS,
+    alternating,
     document_title,
     estimate_tokens,
     messages_for,
@@ -118,3 +119,17 @@ def test_with_nothing_to_go_on_the_document_is_untitled() -> None:
 def test_an_unknown_kind_is_refused() -> None:
     with pytest.raises(ValueError):
         request(kind="poem")
+
+
+def test_alternating_joins_neighbours_of_one_role_and_keeps_the_order() -> None:
+    context = (
+        ContextMessage("alice", "a1"),
+        ContextMessage("bob", "b1"),
+        ContextMessage("haitch", "h1"),
+        ContextMessage("haitch", "h2"),
+    )
+    joined = alternating(messages_for(request("q", context=context)))
+    assert [m["role"] for m in joined] == ["system", "user", "assistant", "user"]
+    assert joined[1]["content"] == "alice: a1\n\nbob: b1"
+    assert joined[2]["content"] == "h1\n\nh2"
+    assert joined[3]["content"] == "dave: q"

@@ -101,8 +101,13 @@ async def test_the_request_carries_model_key_context_and_files(fake_openai: Fake
     assert messages[0]["role"] == "system"
     assert {"role": "user", "content": f"alice: {CONTEXT[0].text}"} in messages
     assert {"role": "assistant", "content": CONTEXT[1].text} in messages
-    assert messages[-1]["content"].startswith("dave: Which battery for the hiking tracker?")
-    assert "power-budget.xlsx" in messages[-1]["content"]
+    # Roles alternate (bob's message and the request share the last user turn), which strict
+    # chat templates require; the request comes last.
+    roles = [m["role"] for m in messages]
+    assert roles == ["system", "user", "assistant", "user"]
+    assert messages[-1]["content"].startswith(f"bob: {CONTEXT[2].text}")
+    assert "\n\ndave: Which battery for the hiking tracker?" in messages[-1]["content"]
+    assert messages[-1]["content"].endswith("- power-budget.xlsx")
 
 
 async def test_without_a_key_no_authorization_is_sent(fake_openai: FakeOpenAI) -> None:
