@@ -91,6 +91,19 @@ async def test_notifications_are_listed_and_marked_read(connect: Any, server: Se
     assert unread["event_id"] == listed[0]["event_id"]
 
 
+async def test_a_token_limited_to_some_rooms_lists_only_their_notifications(
+    connect: Any, server: ServerThread
+) -> None:
+    alice = await connect("/ws?user_id=alice")
+    await alice.chat("design-a", "@bob in design")
+    await alice.chat("finance", "@bob in finance")
+    await _until_listed(server, "bob", 2)
+    headers = {"Authorization": f"Bearer {mint(server.settings, 'bob', rooms=['design-*'])}"}
+    async with httpx.AsyncClient(base_url=server.http, headers=headers) as http:
+        response = await http.get("/users/me/notifications")
+    assert [n["details"]["room_id"] for n in response.json()["notifications"]] == ["design-a"]
+
+
 async def test_notifications_need_a_token(server: ServerThread) -> None:
     async with httpx.AsyncClient(base_url=server.http) as http:
         assert (await http.get("/users/me/notifications")).status_code == 401

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from pydantic import BaseModel, Field
 
 from productflo import history
-from productflo.access import Action, refusal
+from productflo.access import Action, claim_allows, refusal
 from productflo.auth import Claims, TokenVerifier
 from productflo.envelopes import MAX_HISTORY_LIMIT, Identifier, iso
 from productflo.errors import AuthenticationFailed, StoreError
@@ -62,7 +62,10 @@ async def my_notifications(
     unread: bool = False,
     limit: Annotated[int, Query(gt=0, le=MAX_NOTIFICATIONS)] = MAX_NOTIFICATIONS,
 ) -> JsonObject:
-    """The user's notifications, newest first (`unread=true`: only those not read yet)."""
+    """The user's notifications, newest first (`unread=true`: only those not read yet).
+
+    A token with a `rooms` claim lists only notifications about those rooms (or about none), as
+    it receives them live: the page may then hold fewer than `limit`."""
     hub: Hub = request.app.state.hub
     rows = await hub.store.fetch(
         """
@@ -74,7 +77,15 @@ async def my_notifications(
         unread,
         limit,
     )
-    return {"notifications": [_notification(row) for row in rows]}
+    listed = [row for row in rows if (room := _about(row)) is None or claim_allows(user, room)]
+    return {"notifications": [_notification(row) for row in listed]}
+
+
+def _about(row: asyncpg.Record) -> str | None:
+    """The room a notification is about, if any."""
+    details = row["data"].get("details")
+    room = details.get("room_id") if isinstance(details, dict) else None
+    return room if isinstance(room, str) else None
 
 
 def _notification(row: asyncpg.Record) -> JsonObject:

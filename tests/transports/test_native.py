@@ -77,7 +77,7 @@ async def test_an_invalid_user_id_is_refused_with_1008(connect: Any) -> None:
 
 @pytest.mark.parametrize("name", ["haitch", "Haitch"])
 async def test_nobody_may_call_themselves_haitch_without_a_token(connect: Any, name: str) -> None:
-    """The assistant's answers come from user_id "haitch": an anonymous client may not pose as it."""
+    """Answers come from user_id "haitch": an anonymous client may not pose as the assistant."""
     client = await connect(f"/ws?user_id={name}", expect_welcome=False)
     refusal = await client.recv()
     assert error_code(refusal) == "INVALID_MESSAGE"
