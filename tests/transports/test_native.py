@@ -215,10 +215,9 @@ async def test_typing_reaches_the_other_members_and_is_not_stored(
 ) -> None:
     alice = await connect("/ws?user_id=alice")
     bob = await connect("/ws?user_id=bob")
-    await bob.send({"code": "join", "room_id": "r"})
-    await alice.send({"code": "join", "room_id": "r"})
+    await bob.join("r")  # acknowledged before Alice joins, so Bob sees her join
+    await alice.join("r")
     await bob.recv_until(lambda m: m["user_id"] == "alice")
-    await alice.recv_until(lambda m: m["user_id"] == "alice")
     stored = len(await _events(server))
 
     await alice.send({"code": "typing", "room_id": "r", "data": {"is_typing": True}})
