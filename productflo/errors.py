@@ -62,6 +62,11 @@ class StoreUnavailable(StoreError):
     """The database could not be reached, or did not answer in time."""
 
 
+class AppendRefused(StoreError):
+    """The log refused an event by its own rule: an anonymous event in a secure room (a room
+    another process opened from /ws/secure in the instant before this one appended)."""
+
+
 class CloseCode(IntEnum):
     """WebSocket close codes of SPEC section 5."""
 

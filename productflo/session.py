@@ -45,7 +45,7 @@ from productflo.envelopes import (
     system_envelope,
     welcome,
 )
-from productflo.errors import CloseCode, ErrorCode, ProtocolError, StoreError
+from productflo.errors import AppendRefused, CloseCode, ErrorCode, ProtocolError, StoreError
 from productflo.events.models import (
     AppendResult,
     JsonObject,
@@ -417,6 +417,13 @@ class Session:
             item = await self._in_flight.get()
             try:
                 results = await item.future
+            except AppendRefused:
+                # Another process opened the room from /ws/secure in the instant between this
+                # connection's check and its append; the log refused it (migration 0006).
+                self._hub.access.settled(item.room_id)
+                self._forbid(item, "The room was opened from /ws/secure first")
+                self._settle(item.room_id)
+                continue
             except StoreError:
                 self._hub.access.settled(item.room_id)
                 self._refuse(_failed(item.inbound), item.answered)
@@ -429,12 +436,7 @@ class Session:
                 await self._answer_duplicate(item, last.event)
             # Otherwise the acknowledgement is the hub delivering the committed event to us.
             await self._hub.dispatched_past(last.event.position)
-            readable = self._hub.access.may_read(self.identity, item.room_id)
-            if not last.duplicate and readable is False:
-                # Another process opened the room from /ws/secure in the instant between this
-                # connection's check and its append: the hub does not deliver it the room.
-                self._forbid(item, "The room was opened from /ws/secure first")
-            elif not last.duplicate and item.answered is not _unheard:
+            if not last.duplicate and item.answered is not _unheard:
                 rendered = render_event(last.event)
                 item.answered(rendered.envelope if rendered is not None else None)
             self._hub.access.settled(item.room_id)

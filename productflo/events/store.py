@@ -40,7 +40,7 @@ from typing import Any
 import asyncpg
 
 from productflo import metrics
-from productflo.errors import StoreError, StoreUnavailable
+from productflo.errors import AppendRefused, StoreError, StoreUnavailable
 from productflo.events.models import AppendResult, NewEvent, RecordedEvent
 
 log = logging.getLogger(__name__)
@@ -255,8 +255,11 @@ class EventStore:
         offset = 0
         for request in batch:
             count = len(request.events)
-            if not request.future.done():
-                request.future.set_result(outcome.results[offset : offset + count])
+            results = outcome.results[offset : offset + count]
+            if any(result is None for result in results):
+                _fail(request, AppendRefused("an anonymous event in a secure room"))
+            elif not request.future.done():
+                request.future.set_result([r for r in results if r is not None])
             offset += count
         if outcome.new:
             self.batches_committed += 1
@@ -427,7 +430,7 @@ class _Lane:
 
 @dataclass
 class _Outcome:
-    results: list[AppendResult]
+    results: list[AppendResult | None]  # None: refused by the log's rule (migration 0006)
     new: list[RecordedEvent]
 
 
@@ -450,11 +453,13 @@ async def _append_prepared(connection: asyncpg.Connection, batch: list[_Prepared
         [item.data for item in batch],
         [item.metadata for item in batch],
     )
-    results: list[AppendResult] = []
+    results: list[AppendResult | None] = []
     new: list[RecordedEvent] = []
     written: dict[uuid.UUID, RecordedEvent] = {}
     for event, row in zip(events, rows, strict=True):
-        if not row["duplicate"]:
+        if row.get("refused"):
+            results.append(None)
+        elif not row["duplicate"]:
             recorded = RecordedEvent(
                 position=row["position"],
                 event_id=event.event_id,

@@ -14,7 +14,7 @@ import pytest
 
 from productflo import migrate
 from productflo.database import DatabaseUrl
-from productflo.errors import StoreError, StoreUnavailable
+from productflo.errors import AppendRefused, StoreError, StoreUnavailable
 from productflo.events.models import AppendResult, NewEvent
 from productflo.events.store import EventStore
 from tests.events import TIMEOUT, database_named, execute, new_event, positions, running_store
@@ -402,3 +402,55 @@ async def test_a_stream_the_driver_cannot_encode_fails_only_its_request(
         assert not isinstance(outcomes[1], StoreUnavailable)
         assert [isinstance(outcomes[n], list) for n in (0, 2)] == [True, True]
         assert await store.head() == 2
+
+
+# -- secure rooms: the log's own rule (migration 0006) -------------------------------------------
+
+
+def _from(authenticated: bool, stream: str, type: str = "chat") -> NewEvent:
+    metadata = {"user_id": "signed-in" if authenticated else "anon", "authenticated": authenticated}
+    return NewEvent(stream=stream, type=type, data={"message": "hi"}, metadata=metadata)
+
+
+async def test_an_anonymous_event_in_a_secure_room_is_refused_in_the_same_batch(
+    database_url: DatabaseUrl,
+) -> None:
+    """Two processes opening one new room at once: whichever commits first decides, and the
+    anonymous message after a secure opener is not stored, even inside one group commit."""
+    async with running_store(database_url) as store:
+        secure, anonymous = await append_all(
+            store,
+            [
+                [_from(True, "room:new", "join"), _from(True, "room:new")],
+                [_from(False, "room:new", "join"), _from(False, "room:new")],
+            ],
+        )
+        assert isinstance(anonymous, AppendRefused)
+        assert [r.event.version for r in secure] == [1, 2]
+        assert [(e.stream, e.version) for e in await store.read(0)] == [
+            ("room:new", 1),
+            ("room:new", 2),
+        ], "nothing of the refused request is stored, and no hole is left"
+
+
+async def test_an_anonymous_event_in_a_secure_room_is_refused_by_another_store(
+    database_url: DatabaseUrl,
+) -> None:
+    async with running_store(database_url) as one, running_store(database_url) as two:
+        await one.append([_from(True, "room:secure", "join")])
+        with pytest.raises(AppendRefused):
+            await two.append([_from(False, "room:secure")])
+        # The rule concerns secure rooms only; and signed-in users may use anonymous rooms.
+        await two.append([_from(False, "room:open"), _from(True, "room:open")])
+        await one.append([_from(False, "room:open")])
+        assert [e.stream for e in await one.read(0)] == ["room:secure", *["room:open"] * 3]
+
+
+async def test_events_without_an_authenticated_flag_are_not_checked(
+    database_url: DatabaseUrl,
+) -> None:
+    """The assistant's answers and notifications carry no flag: they are never refused."""
+    async with running_store(database_url) as store:
+        await store.append([_from(True, "room:secure", "join")])
+        [answer] = await store.append([new_event("room:secure", "idea_response")])
+        assert answer.event.version == 2
