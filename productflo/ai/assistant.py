@@ -39,7 +39,7 @@ from productflo.events.models import JsonObject, NewEvent, RecordedEvent, room_s
 from productflo.events.store import EventStore, connect
 from productflo.events.tailer import Tailer
 from productflo.hub import Hub
-from productflo.projections.framework import checkpoint
+from productflo.projections.framework import FOLD_SECONDS, checkpoint
 from productflo.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -149,6 +149,7 @@ class Assistant:
                         self._begin(event)
                 self._read_to = batch[-1].position
                 await self._save_checkpoint()
+                await asyncio.sleep(FOLD_SECONDS)  # as projections do: one read per interval
         finally:
             tailer.close()
 
