@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import os
@@ -172,3 +173,12 @@ def memory_kib(pid: int) -> dict[str, int]:
         if key in ("VmHWM", "VmRSS"):
             values[key] = int(rest.split()[0])
     return values
+
+
+def add_run_options(parser: argparse.ArgumentParser, results: Path) -> None:
+    """The options every throughput benchmark takes: rounds, their timing, where results go."""
+    parser.add_argument("--runs", type=int, default=5, help="rounds; medians are reported (5)")
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds measured per run (5)")
+    parser.add_argument("--warmup", type=float, default=1.0, help="seconds not counted (1)")
+    parser.add_argument("--output", type=Path, default=results, help=f"JSON results ({results})")
+    parser.add_argument("--no-output", action="store_true", help="do not write the JSON results")

@@ -46,6 +46,7 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from bench._harness import (
     ServerProcess,
+    add_run_options,
     database_facts,
     fresh_database,
     http_get,
@@ -576,11 +577,7 @@ def parse_options(argv: list[str] | None) -> Options:
     )
     parser.add_argument("--clients", type=int, default=50, help="WebSocket clients (default 50)")
     parser.add_argument("--in-flight", type=int, default=20, help="unacknowledged per client (20)")
-    parser.add_argument("--runs", type=int, default=5, help="rounds; medians are reported (5)")
-    parser.add_argument("--duration", type=float, default=5.0, help="seconds measured per run (5)")
-    parser.add_argument("--warmup", type=float, default=1.0, help="seconds not counted (1)")
-    parser.add_argument("--output", type=Path, default=RESULTS, help=f"JSON results ({RESULTS})")
-    parser.add_argument("--no-output", action="store_true", help="do not write the JSON results")
+    add_run_options(parser, RESULTS)
     args = parser.parse_args(argv)
     output = None if args.no_output else args.output
     return Options(args.clients, args.in_flight, args.runs, args.duration, args.warmup, output)

@@ -57,6 +57,7 @@ from websockets.exceptions import ConnectionClosed
 import productflo
 from bench._harness import (
     ServerProcess,
+    add_run_options,
     database_facts,
     fresh_database,
     memory_kib,
@@ -720,11 +721,7 @@ def parse_options(argv: list[str] | None) -> Options:
     )
     parser.add_argument("--clients", type=int, default=20, help="clients per variant (20)")
     parser.add_argument("--in-flight", type=int, default=10, help="unacknowledged per client (10)")
-    parser.add_argument("--runs", type=int, default=5, help="rounds; medians are reported (5)")
-    parser.add_argument("--duration", type=float, default=5.0, help="seconds measured per run (5)")
-    parser.add_argument("--warmup", type=float, default=1.0, help="seconds not counted (1)")
-    parser.add_argument("--output", type=Path, default=RESULTS, help=f"JSON results ({RESULTS})")
-    parser.add_argument("--no-output", action="store_true", help="do not write the JSON results")
+    add_run_options(parser, RESULTS)
     parser.add_argument(
         "--variants",
         default=",".join(VARIANTS),

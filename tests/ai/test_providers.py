@@ -70,6 +70,17 @@ async def failure(provider: Provider, request: AIRequest = REQUEST) -> ProviderE
     return caught.value
 
 
+async def fails_in_time(provider: OpenAIProvider) -> ProviderError:
+    """The error of a provider with a 0.5 s timeout, which must come well within 3 s; closed."""
+    try:
+        started = time.monotonic()
+        error = await failure(provider)
+        assert time.monotonic() - started < 3
+    finally:
+        await provider.aclose()
+    return error
+
+
 def assert_safe(error: ProviderError, fake: FakeOpenAI) -> None:
     """What a client may see names neither the key nor where the provider is."""
     text = str(error)
@@ -193,12 +204,7 @@ async def test_a_401_fails_at_once(fake_openai: FakeOpenAI, provider: OpenAIProv
 async def test_a_hanging_server_times_out(fake_openai: FakeOpenAI) -> None:
     fake_openai.hang()
     provider = OpenAIProvider("m", base_url=fake_openai.url, api_key=KEY, timeout=0.5)
-    try:
-        started = time.monotonic()
-        error = await failure(provider)
-        assert time.monotonic() - started < 3
-    finally:
-        await provider.aclose()
+    error = await fails_in_time(provider)
     assert str(error) == "The AI provider timed out"
     assert_safe(error, fake_openai)
 
@@ -209,12 +215,7 @@ async def test_keepalives_without_an_answer_time_out_at_the_deadline(
     """Comments every 0.1 s keep each read under the timeout; the first piece never comes."""
     fake_openai.answer([], end="hang", keepalive=0.1)
     provider = OpenAIProvider("m", base_url=fake_openai.url, timeout=0.5)
-    try:
-        started = time.monotonic()
-        error = await failure(provider)
-        assert time.monotonic() - started < 3
-    finally:
-        await provider.aclose()
+    error = await fails_in_time(provider)
     assert str(error) == "The AI provider timed out"
 
 
