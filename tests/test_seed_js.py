@@ -7,6 +7,7 @@ line: `["Connection established"]`, `["Received:", {...envelope...}]`.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -128,3 +129,24 @@ def test_seed_socketio_example_chats_in_its_room(server: ServerThread) -> None:
     assert answers[0]["room_id"] == SEED_ROOM
     assert answers[0]["data"] == {"message": text, "sender": SEED_USER}
     assert not [m for m in messages if m["status"] == "error"], messages
+
+
+def test_the_web_client_chats_and_shows_a_streamed_document(server: ServerThread) -> None:
+    """tests/js/web_client.js runs GET /'s own script: a chat, then `/doc ...`, whose answer
+    streams into one line that the stored document then replaces."""
+    room = f"web-{uuid.uuid4().hex[:8]}"
+    output = run_node([str(JS / "web_client.js"), server.http, room])
+    printed = [json.loads(line) for line in output.splitlines()]
+    shown = [value for value in printed if isinstance(value, str)]
+    [history] = [value for value in printed if isinstance(value, list)]
+    assert history[0] == "haitch: ", "pieces open a line of their own as they stream in"
+    assert len(history) >= 3 and history[1].startswith("haitch: # "), history[:3]
+    assert all(later.startswith(earlier) for earlier, later in itertools.pairwise(history[:-1]))
+    assert history[-1] in shown, "the stored answer replaces the streamed line"
+    assert any(line.endswith(f"in {room}: hello from the web page") for line in shown)
+    [document] = [line for line in shown if line.startswith(f"haitch in {room}: Document ready")]
+    assert "\n\n# " in document, "the document's markdown follows its one-line summary"
+    assert "Offline assistant" in document
+    assert not [line for line in shown if line.startswith("error")], shown
+    progress = [line for line in shown if line.startswith("haitch: Read ")]
+    assert progress, "the assistant's progress is shown"

@@ -33,7 +33,14 @@ import asyncpg
 from productflo import metrics
 from productflo.ai.prompts import ASSISTANT_ID, document_title
 from productflo.ai.providers import AI_KINDS, AIRequest, ContextMessage, Provider, ProviderError
-from productflo.envelopes import ANSWER_CODES, ANSWER_TYPES, Audience, answer_type, envelope
+from productflo.envelopes import (
+    ANSWER_CODES,
+    ANSWER_TYPES,
+    Audience,
+    Status,
+    answer_type,
+    envelope,
+)
 from productflo.errors import ErrorCode, StoreError
 from productflo.events.models import JsonObject, NewEvent, RecordedEvent, room_stream, user_stream
 from productflo.events.store import EventStore, connect
@@ -300,39 +307,45 @@ class Assistant:
         return "".join(pieces)
 
     async def _publish_piece(self, request: RecordedEvent, text: str, sequence: int) -> None:
+        """A piece of the answer as it streams, to the room: a `logs` envelope (status pending),
+        never the answer's own code, so that clients written for the seed, which switch on
+        `code` alone, do not take a piece for an answer."""
         assert request.room_id is not None
-        data = {
-            "sender": ASSISTANT_ID,
+        details = {
+            "step": "stream",
+            "in_reply_to": request.position,
+            "code": _code(request),
             "delta": text,
             "sequence": sequence,
-            "in_reply_to": request.position,
+            "sender": ASSISTANT_ID,
         }
-        code = _code(request)
-        message = envelope(
-            "pending",
-            code,
-            ASSISTANT_ID,
-            data,
-            room_id=request.room_id,
-            client_msg_id=_client_msg_id(request),
-        )
-        with contextlib.suppress(Exception):  # pieces are a courtesy; the answer is what counts
-            await self._hub.publish(Audience("room", request.room_id), message)
+        await self._log(request, Audience("room", request.room_id), "pending", text, details)
 
     async def _progress(self, request: RecordedEvent, step: str, text: str) -> None:
         """A `logs` envelope for the requester: what the assistant is doing."""
+        assert request.user_id is not None
         details = {"step": step, "in_reply_to": request.position, "code": _code(request)}
+        await self._log(request, Audience("user", request.user_id), "success", text, details)
+
+    async def _log(
+        self,
+        request: RecordedEvent,
+        audience: Audience,
+        status: Status,
+        text: str,
+        details: JsonObject,
+    ) -> None:
+        user = ASSISTANT_ID if audience.kind == "room" else request.user_id
         message = envelope(
-            "success",
+            status,
             "logs",
-            request.user_id,
+            user,
             {"message": text, "details": details},
             room_id=request.room_id,
             client_msg_id=_client_msg_id(request),
         )
-        assert request.user_id is not None
-        with contextlib.suppress(Exception):
-            await self._hub.publish(Audience("user", request.user_id), message)
+        with contextlib.suppress(Exception):  # a courtesy: the stored answer is what counts
+            await self._hub.publish(audience, message)
 
     def _success(self, request: RecordedEvent, asked: AIRequest, text: str) -> list[NewEvent]:
         assert request.room_id is not None and request.user_id is not None

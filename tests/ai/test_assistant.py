@@ -77,11 +77,21 @@ async def ask(
 
 
 def _pieces(between: list[dict[str, Any]], request_id: int) -> list[dict[str, Any]]:
+    """The streamed pieces of one answer: `logs` envelopes, status pending, step "stream"."""
     return [
         m
         for m in between
-        if m["status"] == "pending" and m["data"].get("in_reply_to") == request_id
+        if m["code"] == "logs"
+        and m["status"] == "pending"
+        and m["data"]["details"]["step"] == "stream"
+        and m["data"]["details"]["in_reply_to"] == request_id
     ]
+
+
+def _text(pieces: list[dict[str, Any]]) -> str:
+    assert [p["data"]["details"]["sequence"] for p in pieces] == list(range(len(pieces)))
+    assert all(p["data"]["message"] == p["data"]["details"]["delta"] for p in pieces)
+    return "".join(p["data"]["details"]["delta"] for p in pieces)
 
 
 async def _answers_in_log(database: DatabaseUrl) -> list[asyncpg.Record]:
@@ -128,22 +138,22 @@ async def test_offline_answers_each_code_in_the_room(server: Any, connect: Any, 
     assert "Offline assistant" in text, "the offline provider says what it is"
     assert "enclosure" in text.lower()
     streamed = _pieces(between, pending["event_id"])
-    assert streamed and "".join(p["data"]["delta"] for p in streamed) == text
-    assert [p["data"]["sequence"] for p in streamed] == list(range(len(streamed)))
+    assert streamed and _text(streamed) == text
+    assert all(m["code"] != ANSWER_CODES[code] for m in between), "a piece is not an answer"
     steps = [m["data"]["details"]["step"] for m in between if m["code"] == "logs"]
     assert steps[:2] == ["context", "model"]
 
-    # Bob, in the room, sees the answer stream in and arrive (the same event), but not the
-    # acknowledgement of Alice's request.
+    # Bob, in the room, sees the answer stream in and arrive (the same event), but neither the
+    # acknowledgement of Alice's request nor her progress logs.
     seen_by_bob = []
     async with asyncio.timeout(TIMEOUT):
-        while not seen_by_bob or "event_id" not in seen_by_bob[-1]:
-            message = await bob.recv_until(lambda m: m["code"] in (code, ANSWER_CODES[code]))
-            if message["data"].get("sender") == "haitch" or message["code"] == code:
+        while not seen_by_bob or seen_by_bob[-1].get("event_id") != answer["event_id"]:
+            message = await bob.recv()
+            if message["code"] in (code, "logs") or message["data"].get("sender") == "haitch":
                 seen_by_bob.append(message)
     assert seen_by_bob[-1] == answer
-    assert all(m["code"] != code for m in seen_by_bob)
     assert _pieces(seen_by_bob, pending["event_id"]) == streamed
+    assert seen_by_bob[:-1] == streamed
 
 
 async def test_a_document_comes_as_markdown_with_a_notification(server: Any, connect: Any) -> None:
@@ -211,7 +221,7 @@ async def test_the_model_gets_the_key_the_model_name_and_the_room(
     assert answer["data"]["model"] == "test-model" and answer["data"]["provider"] == "openai"
     streamed = _pieces(between, pending["event_id"])
     assert len(streamed) >= 2, "pieces arrive as the model sends them"
-    assert "".join(p["data"]["delta"] for p in streamed) == answer["data"]["message"]
+    assert _text(streamed) == answer["data"]["message"]
     [sent] = fake_openai.requests
     assert sent.headers["authorization"] == "Bearer sk-test-key"
     assert sent.body["model"] == "test-model" and sent.body["stream"] is True
