@@ -150,3 +150,26 @@ def test_the_web_client_chats_and_shows_a_streamed_document(server: ServerThread
     assert not [line for line in shown if line.startswith("error")], shown
     progress = [line for line in shown if line.startswith("haitch: Read ")]
     assert progress, "the assistant's progress is shown"
+
+
+def test_seed_ai_examples_are_answered_through_the_seeds_own_handler(server: ServerThread) -> None:
+    """tests/js/seed_ai.js: the seed's haitch_chat and documentation requests, and its event
+    handling switch, unchanged: each answer reaches the handler the seed wrote for its code."""
+    env = {**os.environ, "PRODUCTFLO_TEST_ORIGIN": server.ws, "PRODUCTFLO_TEST_TIMEOUT_MS": "15000"}
+    printed = [json.loads(line) for line in run_node([str(JS / "seed_ai.js")], env).splitlines()]
+    calls: dict[str, list[dict[str, Any]]] = {}
+    for name, *args in printed:
+        calls.setdefault(name, []).append(args[0] if args else None)
+
+    [chat] = calls["displayChatMessage"]
+    assert chat["status"] == "success" and chat["data"]["sender"] == "haitch"
+    asked = "What materials would be best for a waterproof enclosure?"
+    assert chat["data"]["in_reply_to"]["message"] == asked
+    [document] = calls["handleDocumentGeneration"]
+    assert document["data"]["document"]["format"] == "markdown"
+    assert document["data"]["document"]["content"].startswith("# ")
+    assert "requirements.pdf" in document["data"]["document"]["content"]
+    [ready] = calls["showNotification"]
+    assert ready["data"]["details"]["title"] == document["data"]["document"]["title"]
+    unhandled = {m["code"] for m in calls["Unhandled message type:"]}
+    assert unhandled == {"haitch_chat", "documentation", "logs"}, "acks and progress, not answers"
