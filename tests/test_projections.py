@@ -236,7 +236,7 @@ def test_the_cli_shows_status_and_rebuilds_with_progress(
 
     status = run("status")
     assert status.returncode == 0, status.stderr
-    for name in PROJECTIONS:
+    for name in [*PROJECTIONS, "handler:mentions", "handler:ai"]:
         assert name in status.stdout
     rebuilt = run("rebuild", "rooms", "messages")
     assert rebuilt.returncode == 0, rebuilt.stderr

@@ -8,10 +8,16 @@ from collections.abc import Sequence
 
 from tqdm import tqdm
 
+from productflo.ai.assistant import NAME as ASSISTANT
 from productflo.database import DatabaseUrl
 from productflo.events.store import EventStore
+from productflo.handlers.mentions import Mentions
 from productflo.projections import PROJECTIONS
 from productflo.projections.framework import ensure_tables, rebuild, status
+
+# The log's other consumers: not rebuilt, but their lag is worth seeing (the assistant's is the
+# oldest request it has not answered yet).
+HANDLERS = (Mentions.name, ASSISTANT)
 
 
 class UnknownProjection(ValueError):
@@ -34,7 +40,7 @@ async def print_status(database: DatabaseUrl) -> None:
         async with store.pool.acquire() as connection:
             for projection in PROJECTIONS.values():
                 await ensure_tables(connection, projection)
-        rows = await status(store.pool, list(PROJECTIONS))
+        rows = await status(store.pool, [*PROJECTIONS, *HANDLERS])
     finally:
         await store.close()
     print(f"{'projection':<16} {'position':>12} {'head':>12} {'lag':>10}")

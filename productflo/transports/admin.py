@@ -15,6 +15,7 @@ from productflo.audit import AuditFilter
 from productflo.errors import StoreError
 from productflo.events.models import JsonObject
 from productflo.projections import PROJECTIONS, framework
+from productflo.projections.commands import HANDLERS
 from productflo.transports.http import Admin
 
 log = logging.getLogger(__name__)
@@ -44,22 +45,23 @@ async def audit_events(
 
 @router.get("/admin/projections")
 async def projections_status(request: Request, _admin: Admin) -> JsonObject:
-    """Each projection: its position in the log, the log's head, the lag, a rebuild running."""
+    """Each projection: its position in the log, the log's head, the lag, a rebuild running;
+    and the same for the log's other consumers (`handlers`: mentions, the assistant)."""
     try:
-        rows = await framework.status(request.app.state.store.pool, list(PROJECTIONS))
+        rows = await framework.status(request.app.state.store.pool, [*PROJECTIONS, *HANDLERS])
     except _UNAVAILABLE as error:
         raise HTTPException(503, "the database is unavailable") from error
+    listed = [
+        {"name": row.name, "position": row.position, "head": row.head, "lag": row.lag}
+        for row in rows
+    ]
     return {
         "projections": [
-            {
-                "name": row.name,
-                "position": row.position,
-                "head": row.head,
-                "lag": row.lag,
-                "rebuilding": _running(row.name),
-            }
-            for row in rows
-        ]
+            {**row, "rebuilding": _running(str(row["name"]))}
+            for row in listed
+            if row["name"] in PROJECTIONS
+        ],
+        "handlers": [row for row in listed if row["name"] in HANDLERS],
     }
 
 
