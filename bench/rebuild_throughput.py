@@ -4,7 +4,8 @@
 
 The log is generated in PostgreSQL (joins, then chats spread over the rooms, one in a hundred
 mentioning someone). Each projection is rebuilt with the same code as `productflo projections
-rebuild`; beside it, in the same run, PostgreSQL reads the raw log two ways: through the same
+rebuild NAME`, then all of them in one pass as `productflo projections rebuild` does; beside it,
+in the same run, PostgreSQL reads the raw log two ways: through the same
 batched reads the rebuild uses (EventStore.read, 5,000 at a time, decoded into events), and as a
 bare `COPY ... TO STDOUT` of the table in position order.
 """
@@ -26,7 +27,7 @@ from bench._harness import fresh_database, postgres_root
 from productflo.database import DatabaseUrl
 from productflo.events.store import EventStore
 from productflo.projections import PROJECTIONS
-from productflo.projections.framework import REBUILD_BATCH, ensure_tables, rebuild
+from productflo.projections.framework import REBUILD_BATCH, ensure_tables, rebuild, rebuild_all
 
 RESULTS = Path(__file__).resolve().parent / "results" / "rebuild_throughput.json"
 
@@ -103,6 +104,15 @@ async def measure(url: DatabaseUrl, events: int) -> dict[str, Any]:
             results[f"rebuild_{name}_events_per_s"] = round(applied / seconds)
             results[f"rebuild_{name}_seconds"] = round(seconds, 1)
             print(f"{name}: {applied:,} events in {seconds:.1f} s", file=sys.stderr)
+        # `productflo projections rebuild` with no name: every projection in one pass.
+        started = time.perf_counter()
+        applied = await rebuild_all(store, list(PROJECTIONS.values()), lambda at, head: None)
+        seconds = time.perf_counter() - started
+        separately = sum(results[f"rebuild_{name}_seconds"] for name in PROJECTIONS)
+        results["rebuild_all_one_pass_seconds"] = round(seconds, 1)
+        results["rebuild_all_one_pass_events_per_s"] = round(applied / seconds)
+        results["rebuild_all_separately_seconds"] = round(separately, 1)
+        print(f"all, one pass: {applied:,} events in {seconds:.1f} s", file=sys.stderr)
         return results
     finally:
         await store.close()

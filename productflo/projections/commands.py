@@ -13,7 +13,7 @@ from productflo.database import DatabaseUrl
 from productflo.events.store import EventStore
 from productflo.handlers.mentions import Mentions
 from productflo.projections import PROJECTIONS
-from productflo.projections.framework import ensure_tables, rebuild, status
+from productflo.projections.framework import ensure_tables, rebuild_all, status
 
 # The log's other consumers: not rebuilt, but their lag is worth seeing (the assistant's is the
 # oldest request it has not answered yet).
@@ -49,17 +49,11 @@ async def print_status(database: DatabaseUrl) -> None:
 
 
 async def run_rebuild(database: DatabaseUrl, names: Sequence[str]) -> None:
+    """Rebuild the projections named, in one pass over the log (one progress bar)."""
     store = EventStore(database.dsn)
     await store.start()
-    try:
-        for name in names:
-            await _rebuild_one(store, name)
-    finally:
-        await store.close()
-
-
-async def _rebuild_one(store: EventStore, name: str) -> None:
-    bar = tqdm(desc=name, unit="ev", unit_scale=True, file=sys.stderr, dynamic_ncols=True)
+    label = ", ".join(names)
+    bar = tqdm(desc=label, unit="ev", unit_scale=True, file=sys.stderr, dynamic_ncols=True)
     started = time.perf_counter()
 
     def progress(position: int, head: int) -> None:
@@ -67,9 +61,10 @@ async def _rebuild_one(store: EventStore, name: str) -> None:
         bar.update(position - bar.n)
 
     try:
-        applied = await rebuild(store, PROJECTIONS[name], progress)
+        applied = await rebuild_all(store, [PROJECTIONS[name] for name in names], progress)
     finally:
         bar.close()
+        await store.close()
     seconds = time.perf_counter() - started
     rate = applied / seconds if seconds > 0 else 0.0
-    print(f"{name}: rebuilt from {applied} events in {seconds:.1f} s ({rate:,.0f} events/s)")
+    print(f"{label}: rebuilt from {applied} events in {seconds:.1f} s ({rate:,.0f} events/s)")

@@ -172,15 +172,25 @@ Progress = Callable[[int, int], None]  # (position reached, head when the rebuil
 
 
 async def rebuild(store: EventStore, projection: Projection, progress: Progress) -> int:
-    """Replay the whole log into fresh tables and swap them in; returns the events applied."""
+    """Replay the whole log into fresh tables and swap them in; returns the events read."""
+    return await rebuild_all(store, [projection], progress)
+
+
+async def rebuild_all(
+    store: EventStore, projections: Sequence[Projection], progress: Progress
+) -> int:
+    """Rebuild several projections in one pass over the log: each batch is read and decoded once
+    and applied to every projection's fresh tables in one transaction. Then each catches up and
+    is swapped in on its own, as `rebuild` does. Returns the events read."""
     pool = store.pool
     async with pool.acquire() as connection:
-        await ensure_tables(connection, projection)
-        async with connection.transaction():
-            for table in projection.tables:
-                await connection.execute(f"DROP TABLE IF EXISTS {table}{REBUILD}")
-            for statement in projection.create(REBUILD):
-                await connection.execute(statement)
+        for projection in projections:
+            await ensure_tables(connection, projection)
+            async with connection.transaction():
+                for table in projection.tables:
+                    await connection.execute(f"DROP TABLE IF EXISTS {table}{REBUILD}")
+                for statement in projection.create(REBUILD):
+                    await connection.execute(statement)
         head = int(await connection.fetchval("SELECT position FROM log_head"))
         position = 0
         applied = 0
@@ -190,12 +200,16 @@ async def rebuild(store: EventStore, projection: Projection, progress: Progress)
             if not events:
                 break
             async with connection.transaction():
-                await projection.apply(connection, events, REBUILD)
+                for projection in projections:
+                    await projection.apply(connection, events, REBUILD)
             position = events[-1].position
             applied += len(events)
             progress(position, head)
-        applied += await _catch_up_and_swap(connection, store, projection, position)
-    return applied
+        caught_up = [
+            await _catch_up_and_swap(connection, store, projection, position)
+            for projection in projections
+        ]
+    return applied + max(caught_up, default=0)
 
 
 async def _catch_up_and_swap(
