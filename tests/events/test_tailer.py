@@ -219,3 +219,57 @@ async def _until_listening(store: EventStore, url: DatabaseUrl) -> None:
     finally:
         unsubscribe()
         await connection.close()
+
+
+async def test_a_tailer_at_the_known_head_does_not_read(database_url: DatabaseUrl) -> None:
+    """Its own commits come offered, and their NOTIFYs name a head it has: no read. Another
+    process's commit is read."""
+    async with (
+        asyncio.timeout(TIMEOUT),
+        running_store(database_url) as local,
+        running_store(database_url) as other,
+    ):
+        await _until_listening(local, database_url)
+        reads: list[int] = []
+        read = local.read_following
+
+        async def counted(after: int, limit: int = 1000) -> list[RecordedEvent]:
+            reads.append(after)
+            return await read(after, limit)
+
+        local.read_following = counted  # type: ignore[method-assign]
+        tailer = Tailer(local, 0, poll_interval=30)
+        local.on_commit(tailer.offer)
+        with background(tailer.next_batch()) as waiting:
+            await asyncio.sleep(0.2)  # its first read finds nothing
+            await local.append([new_event(n=1)])
+            assert positions(await waiting) == [1]
+        with background(tailer.next_batch()) as waiting:
+            await asyncio.sleep(0.3)  # the NOTIFY of position 1 arrives, and is nothing new
+            assert not waiting.done()
+            assert reads == [0]
+            await other.append([new_event(n=2)])
+            async with asyncio.timeout(5):
+                assert positions(await waiting) == [2]
+        tailer.close()
+    assert reads == [0, 1]
+
+
+async def test_followers_share_what_one_of_them_read(database_url: DatabaseUrl) -> None:
+    async with asyncio.timeout(TIMEOUT), running_store(database_url) as store:
+        await store.append([new_event(n=n) for n in range(5)])
+        first = await store.read_following(0)
+        calls: list[int] = []
+        read = store.read
+
+        async def counted(after: int, limit: int = 1000) -> list[RecordedEvent]:
+            calls.append(after)
+            return await read(after, limit)
+
+        store.read = counted  # type: ignore[method-assign]
+        assert await store.read_following(2) == first[2:]
+        assert await store.read_following(0, limit=2) == first[:2]
+        assert calls == []
+        assert await store.read_following(5) == []  # past what is kept: the log is asked
+        assert calls == [5]
+    assert positions(first) == [1, 2, 3, 4, 5]
