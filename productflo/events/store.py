@@ -49,8 +49,6 @@ NOTIFY_CHANNEL = "productflo_events"
 # Signals that are delivered to every process but never stored (typing).
 VOLATILE_CHANNEL = "productflo_volatile"
 MAX_BATCH_EVENTS = 2000
-# Events the log's followers last read, kept for the others (read_following).
-RECENT_EVENTS = 5000
 COMMAND_TIMEOUT = 10.0
 
 _COLUMNS = "position, event_id, stream, version, type, data, metadata, recorded_at"
@@ -140,14 +138,6 @@ class EventStore:
         self._commit_listeners: list[CommitListener] = []
         self._volatile_listeners: list[VolatileListener] = []
         self._closing = False
-        # The newest position known to be committed (by any process), and whether that is known
-        # for sure: it is while the LISTEN connection is up, since every commit notifies its new
-        # head. `wakeups` counts the moments it was not (a reconnect, an unreadable payload):
-        # a tailer that sees it change reads, whatever the head says.
-        self.known_head = 0
-        self.listening = False
-        self.wakeups = 0
-        self._recent: list[RecordedEvent] = []  # consecutive positions, as read from the log
         self.log_id: uuid.UUID | None = None
         self.batches_committed = 0
         self.events_committed = 0
@@ -272,7 +262,6 @@ class EventStore:
                 request.future.set_result([r for r in results if r is not None])
             offset += count
         if outcome.new:
-            self._saw_head(outcome.new[-1].position)
             self.batches_committed += 1
             self.events_committed += len(outcome.new)
             metrics.EVENTS_APPENDED.inc(len(outcome.new))
@@ -289,39 +278,7 @@ class EventStore:
             after,
             limit,
         )
-        events = [record(row) for row in rows]
-        if events:
-            self._saw_head(events[-1].position)
-        return events
-
-    async def read_following(self, after: int, limit: int = 1000) -> list[RecordedEvent]:
-        """`read`, for the log's followers (the hub, each projection, the assistant): what one of
-        them has just read is handed to the next from memory. They all read the same events
-        within one fold interval, and reading them is a round trip and decoding each row's JSON,
-        once per follower; now mostly once. The events are the ones read from the log, as they
-        are stored."""
-        recent = self._recent
-        if recent and recent[0].position - 1 <= after < recent[-1].position:
-            start = after + 1 - recent[0].position
-            return recent[start : start + limit]
-        events = await self.read(after, limit)
-        self._remember(after, events)
-        return events
-
-    def _remember(self, after: int, events: list[RecordedEvent]) -> None:
-        """Keep what was read if it continues (or replaces) what is kept: consecutive positions
-        only, so that a slice of it is exactly what the log holds there."""
-        if not events or events[0].position != after + 1:
-            return
-        if events[-1].position - events[0].position != len(events) - 1:
-            return  # never, positions have no holes; but then it must not be kept
-        recent = self._recent
-        if recent and recent[0].position <= after <= recent[-1].position:
-            recent.extend(events[recent[-1].position - after :])
-        elif not recent or events[-1].position > recent[-1].position:
-            recent[:] = events
-        if len(recent) > 2 * RECENT_EVENTS:
-            del recent[:-RECENT_EVENTS]
+        return [record(row) for row in rows]
 
     async def read_positions(self, positions: list[int]) -> list[RecordedEvent]:
         """The events at the given positions, oldest first."""
@@ -358,9 +315,8 @@ class EventStore:
 
     async def head(self) -> int:
         """The position of the newest committed event (0 for an empty log)."""
-        value = int(await self._fetchval("SELECT position FROM log_head"))
-        self._saw_head(value)
-        return value
+        value = await self._fetchval("SELECT position FROM log_head")
+        return int(value)
 
     async def ping(self) -> None:
         await self._fetchval("SELECT 1")
@@ -405,26 +361,9 @@ class EventStore:
         for listener in self._volatile_listeners:
             listener(message)
 
-    def _saw_head(self, position: int) -> None:
-        self.known_head = max(self.known_head, position)
-
-    def _notified(self, _c: object, _pid: int, _channel: str, payload: object) -> None:
-        """A commit somewhere: the payload is its new head (append_events())."""
-        try:
-            self._saw_head(int(str(payload)))
-        except ValueError:
-            self.wakeups += 1  # not a head: whoever is woken reads
-        self._wake_all()
-
-    def _wake_all(self) -> None:
+    def _wake_all(self, *_: object) -> None:
         for callback in list(self._wake_listeners):
             callback()
-
-    def _resync(self, *, listening: bool) -> None:
-        """Commits may have gone unnoticed: wake everyone, and have them read."""
-        self.listening = listening
-        self.wakeups += 1
-        self._wake_all()
 
     async def _listen_loop(self) -> None:
         """Keep one LISTEN connection; on loss, wake everyone (they poll) and reconnect."""
@@ -440,17 +379,15 @@ class EventStore:
             lost = asyncio.Event()
             connection.add_termination_listener(_setter(lost))
             try:
-                await connection.add_listener(NOTIFY_CHANNEL, self._notified)
+                await connection.add_listener(NOTIFY_CHANNEL, self._wake_all)
                 await connection.add_listener(VOLATILE_CHANNEL, self._receive_volatile)
-                # Committed before LISTEN took effect: not notified, but at most this head.
-                self._saw_head(int(await connection.fetchval("SELECT position FROM log_head")))
-                self._resync(listening=True)  # anything committed while we were not listening
+                self._wake_all()  # anything committed while we were not listening
                 await lost.wait()
-            except _DATABASE_ERRORS:  # whatever it was, the tailers read until we are back
+            except _CONNECTION_ERRORS:
                 pass
             finally:
                 connection.terminate()
-            self._resync(listening=False)
+            self._wake_all()
 
 
 class _Lane:
