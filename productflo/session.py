@@ -417,16 +417,14 @@ class Session:
             item = await self._in_flight.get()
             try:
                 results = await item.future
-            except AppendRefused:
-                # Another process opened the room from /ws/secure in the instant between this
-                # connection's check and its append; the log refused it (migration 0006).
+            except StoreError as error:
                 self._hub.access.settled(item.room_id)
-                self._forbid(item, "The room was opened from /ws/secure first")
-                self._settle(item.room_id)
-                continue
-            except StoreError:
-                self._hub.access.settled(item.room_id)
-                self._refuse(_failed(item.inbound), item.answered)
+                if isinstance(error, AppendRefused):
+                    # Another process opened the room from /ws/secure in the instant between this
+                    # connection's check and its append; the log refused it (migration 0006).
+                    self._forbid(item, "The room was opened from /ws/secure first")
+                else:
+                    self._refuse(_failed(item.inbound), item.answered)
                 self._settle(item.room_id)
                 continue
             last = results[-1]

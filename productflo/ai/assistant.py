@@ -147,7 +147,12 @@ class Assistant:
             await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _follow(self) -> None:
-        tailer = Tailer(self._store, self._read_to, poll_interval=self._settings.poll_interval)
+        tailer = Tailer(
+            self._store,
+            self._read_to,
+            poll_interval=self._settings.poll_interval,
+            fold=FOLD_SECONDS,  # as projections do: one read per interval once caught up
+        )
         try:
             while True:
                 batch = await tailer.next_batch()
@@ -156,7 +161,6 @@ class Assistant:
                         self._begin(event)
                 self._read_to = batch[-1].position
                 await self._save_checkpoint()
-                await asyncio.sleep(FOLD_SECONDS)  # as projections do: one read per interval
         finally:
             tailer.close()
 

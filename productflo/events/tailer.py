@@ -30,11 +30,16 @@ class Tailer:
         *,
         batch_size: int = 1000,
         poll_interval: float = 0.5,
+        fold: float = 0.0,
     ) -> None:
         self.position = after
         self._store = store
         self._batch_size = batch_size
         self._poll_interval = poll_interval
+        # Once caught up (a batch shorter than batch_size), wait this long before the next read,
+        # so that the commits of the interval come as one batch; never while catching up.
+        self._fold = fold
+        self._rest_until = 0.0
         self._wake = asyncio.Event()
         self._offered: deque[list[RecordedEvent]] = deque()
         self._unsubscribe = store.subscribe_wakeups(self._wake.set)
@@ -53,6 +58,9 @@ class Tailer:
             yield await self.next_batch()
 
     async def next_batch(self) -> list[RecordedEvent]:
+        if self._rest_until:
+            await asyncio.sleep(max(0.0, self._rest_until - asyncio.get_running_loop().time()))
+            self._rest_until = 0.0
         while True:
             offered = self._take_offered()
             if offered:
@@ -81,4 +89,6 @@ class Tailer:
 
     def _advance(self, events: list[RecordedEvent]) -> list[RecordedEvent]:
         self.position = events[-1].position
+        if self._fold and len(events) < self._batch_size:
+            self._rest_until = asyncio.get_running_loop().time() + self._fold
         return events

@@ -112,10 +112,11 @@ async def apply_batch(
         return int(position)
 
 
-# A consumer reads the log at most this often. Woken by every commit, it would otherwise read and
-# apply a few events per commit, a transaction and several round trips each time, and under
-# moderate load that per-commit work dominates the server's CPU (bench/README.md). Waiting folds
-# the commits of the interval into one batch; an idle log is still applied within the interval.
+# Once caught up, a consumer reads the log at most this often (Tailer's `fold`). Woken by every
+# commit, it would otherwise read and apply a few events per commit, a transaction and several
+# round trips each time, and under moderate load that per-commit work dominates the server's CPU
+# (bench/README.md). Waiting folds the commits of the interval into one batch; an idle log is
+# still applied within the interval, and a consumer that is behind reads on without pausing.
 FOLD_SECONDS = 0.05
 
 
@@ -143,7 +144,9 @@ class Runner:
 
     async def _run(self) -> None:
         while True:
-            tailer = Tailer(self.store, self.position, poll_interval=self._poll_interval)
+            tailer = Tailer(
+                self.store, self.position, poll_interval=self._poll_interval, fold=FOLD_SECONDS
+            )
             try:
                 while True:
                     batch = await tailer.next_batch()
@@ -152,7 +155,6 @@ class Runner:
                     # Another process may have applied further ahead (skip it), or the checkpoint
                     # may be behind what we read (read on from it): the checkpoint decides.
                     tailer.position = self.position
-                    await asyncio.sleep(FOLD_SECONDS)
             except Exception:  # the database went away, or a batch failed: start over from the
                 # checkpoint, which the failed transaction did not move
                 log.warning("projection %s: retrying from its checkpoint", self.projection.name)

@@ -219,3 +219,22 @@ async def _until_listening(store: EventStore, url: DatabaseUrl) -> None:
     finally:
         unsubscribe()
         await connection.close()
+
+
+async def test_a_folding_tailer_reads_on_while_behind_and_pauses_once_caught_up(
+    database_url: DatabaseUrl,
+) -> None:
+    """`fold` gathers the commits of an interval into one batch, but never slows a catch-up."""
+    async with asyncio.timeout(TIMEOUT), running_store(database_url) as store:
+        await store.append([new_event(n=n) for n in range(25)])
+        tailer = Tailer(store, 0, batch_size=10, fold=1.0)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        sizes = [len(await tailer.next_batch()) for _ in range(3)]
+        caught_up = loop.time()
+        assert sizes == [10, 10, 5]
+        assert caught_up - started < 0.9, "no pause between full batches"
+        await store.append([new_event(n=25)])
+        assert positions(await tailer.next_batch()) == [26]
+        assert loop.time() - caught_up >= 0.95, "once caught up, the next read waits the fold"
+        tailer.close()

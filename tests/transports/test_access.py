@@ -353,3 +353,27 @@ async def test_a_process_that_never_saw_the_room_opened_looks_it_up(
         await refused(guest, {"code": "history", "room_id": "vault", "client_msg_id": "h"})
     finally:
         await guest.close()
+
+
+async def test_the_log_refuses_what_a_process_let_through_in_the_instant_before(
+    connect: Any, server: ServerThread, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two processes opening a room at the same instant: the one that let an anonymous message
+    through (its own check could not know yet) is overruled by the log (migration 0006). The
+    race is reproduced by skipping this process's check."""
+    sam = await open_secure_room(connect, server, "vault")
+    guest = await connect("/ws?user_id=guest")
+
+    async def blind_check(*args: Any, **kwargs: Any) -> None:
+        return None
+
+    monkeypatch.setattr(server.app_state.hub.access, "check", blind_check)
+    message = {"code": "chat", "room_id": "vault", "client_msg_id": "c", "data": {"message": "x"}}
+    error = await refused(guest, message)
+    assert error["data"]["details"]["message"] == "The room was opened from /ws/secure first"
+
+    in_room = await rows(server, "SELECT * FROM events WHERE stream = 'room:vault'")
+    assert {r["metadata"]["user_id"] for r in in_room} == {"sam"}, "nothing stored"
+    [recorded] = await rejections(server, "guest", 1)
+    assert recorded["data"]["error_code"] == "FORBIDDEN"
+    assert await sam.nothing_within(0.5)
