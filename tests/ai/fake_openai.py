@@ -75,6 +75,8 @@ class FakeOpenAI:
         self._script: deque[Behaviour] = deque()
         self._standing = Behaviour()
         self._stopping = threading.Event()
+        self._streaming = 0
+        self._most_streaming = 0
         app = Starlette(routes=[Route("/v1/chat/completions", self._chat, methods=["POST"])])
         # log_config=None: uvicorn's records go to the root logger, where pytest captures them
         # (a scripted drop logs a traceback that would otherwise clutter the test output).
@@ -126,6 +128,12 @@ class FakeOpenAI:
     def requests(self) -> list[RecordedRequest]:
         with self._lock:
             return list(self._requests)
+
+    @property
+    def most_at_once(self) -> int:
+        """The most answers that were being streamed at the same moment."""
+        with self._lock:
+            return self._most_streaming
 
     def answer(
         self,
@@ -183,20 +191,27 @@ class FakeOpenAI:
         return StreamingResponse(self._events(behaviour, model), media_type="text/event-stream")
 
     async def _events(self, behaviour: Behaviour, model: str) -> AsyncIterator[str]:
-        yield ": fake-openai stream\n\n"
-        yield _chunk(model, {"role": "assistant", "content": ""})
-        for piece in behaviour.pieces:
-            if behaviour.delay:
-                await asyncio.sleep(behaviour.delay)
-            yield _chunk(model, {"content": piece})
-        if behaviour.end == "drop":
-            raise _Dropped
-        if behaviour.end == "hang":
-            async for comment in self._keepalives(behaviour.keepalive):
-                yield comment
-            return
-        yield _chunk(model, {}, finish_reason="stop")
-        yield "data: [DONE]\n\n"
+        with self._lock:
+            self._streaming += 1
+            self._most_streaming = max(self._most_streaming, self._streaming)
+        try:
+            yield ": fake-openai stream\n\n"
+            yield _chunk(model, {"role": "assistant", "content": ""})
+            for piece in behaviour.pieces:
+                if behaviour.delay:
+                    await asyncio.sleep(behaviour.delay)
+                yield _chunk(model, {"content": piece})
+            if behaviour.end == "drop":
+                raise _Dropped
+            if behaviour.end == "hang":
+                async for comment in self._keepalives(behaviour.keepalive):
+                    yield comment
+                return
+            yield _chunk(model, {}, finish_reason="stop")
+            yield "data: [DONE]\n\n"
+        finally:
+            with self._lock:
+                self._streaming -= 1
 
     async def _keepalives(self, every: float | None) -> AsyncIterator[str]:
         """SSE comments every `every` seconds (none when None) until the fake stops."""

@@ -279,28 +279,52 @@ async def test_a_slow_model_holds_up_neither_the_connection_nor_the_room(
     assert answer["data"]["sender"] == "haitch" and answer["data"]["message"] == "slow answer"
 
 
-async def test_one_user_runs_at_most_ai_per_user_requests_at_once(
-    start_server: Any, connect_to: Any, fake_openai: FakeOpenAI
-) -> None:
-    fake_openai.answer(["done"], delay=0.5)
-    server = start_server(**_openai(fake_openai, ai_timeout=5.0, ai_per_user=1))
+async def _answers_to_all(clients: list[Client], per_client: int) -> None:
+    """Each client sends `per_client` idea requests at once, then waits for as many answers."""
     room = _room()
-    alice = await connect_to(server, "/ws?user_id=alice")
-    await alice.join(room)
-    for n in range(2):
-        await alice.send({"code": "idea", "room_id": room, "data": {"message": f"idea {n}"}})
-    first = await alice.recv_until(
-        lambda m: m["code"] == "idea_response" and m["status"] == "success", TIMEOUT
-    )
-    assert len(fake_openai.requests) == 1, "the second waited for the first"
-    await alice.recv_until(
-        lambda m: (
-            m["code"] == "idea_response"
-            and m.get("event_id", first["event_id"]) != first["event_id"]
-        ),
-        TIMEOUT,
-    )
-    assert len(fake_openai.requests) == 2
+    for client in clients:
+        await client.join(room)
+    for client in clients:
+        for n in range(per_client):
+            message = {"message": f"{client.user_id} idea {n}"}
+            await client.send({"code": "idea", "room_id": room, "data": message})
+    for client in clients:
+        answered: set[int] = set()
+        async with asyncio.timeout(TIMEOUT):
+            while len(answered) < per_client:
+                m = await client.recv_until(
+                    lambda m: m["code"] == "idea_response" and m["status"] == "success"
+                )
+                if m["data"]["in_reply_to"]["user_id"] == client.user_id:
+                    answered.add(m["event_id"])
+
+
+@pytest.mark.parametrize(
+    ("users", "per_user", "concurrency", "most"),
+    [
+        (1, 1, 8, 1),  # one user's requests wait for each other (ai_per_user)
+        (3, 2, 2, 2),  # the process never runs more than ai_concurrency
+        (2, 2, 8, 4),  # and otherwise they run at the same time
+    ],
+)
+async def test_requests_run_at_the_same_time_within_their_limits(
+    start_server: Any,
+    connect_to: Any,
+    fake_openai: FakeOpenAI,
+    users: int,
+    per_user: int,
+    concurrency: int,
+    most: int,
+) -> None:
+    fake_openai.answer(["thinking ", "done"], delay=0.4)
+    settings = _openai(fake_openai, ai_timeout=5.0, ai_per_user=per_user)
+    server = start_server(**settings, ai_concurrency=concurrency)
+    clients = [await connect_to(server, f"/ws?user_id=u{n}") for n in range(users)]
+
+    await _answers_to_all(clients, per_client=2)
+
+    assert len(fake_openai.requests) == 2 * users
+    assert fake_openai.most_at_once == most
 
 
 async def test_two_servers_on_one_database_answer_once(
