@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 import uuid
@@ -41,7 +42,7 @@ from productflo.envelopes import (
     answer_type,
     envelope,
 )
-from productflo.errors import ErrorCode, StoreError
+from productflo.errors import ErrorCode, StoreError, StoreUnavailable
 from productflo.events.models import JsonObject, NewEvent, RecordedEvent, room_stream, user_stream
 from productflo.events.store import EventStore, connect
 from productflo.events.tailer import Tailer
@@ -56,7 +57,9 @@ _LOCK = "productflo:handler:ai"
 _NAMESPACE = uuid.UUID("3c0d8f4e-71a2-4b5f-9e6d-2a8b1c7f0e93")
 CONTEXT_TYPES = ("chat", *AI_KINDS, *ANSWER_TYPES)
 PIECE_INTERVAL = 0.05  # seconds: streamed text is sent at most this often per answer ...
-PIECE_CHARS = 1000  # ... and at most this much at a time (a NOTIFY payload holds 8000 bytes)
+# ... and at most this many bytes of JSON at a time: a piece travels twice in its envelope
+# (message, details.delta), and a NOTIFY payload holds 8000 bytes.
+PIECE_BYTES = 2500
 RETRY_SECONDS = 1.0  # between attempts to store an answer while the database is away
 ATTEMPTS = 3  # at a request that fails for another reason than the provider
 
@@ -225,9 +228,12 @@ class Assistant:
             # Never leave it unanswered: the checkpoint is about to move past it.
             metrics.AI_ANSWERS.labels(request.type, "error").inc()
             reason = "The request could not be answered. Please ask again."
-            await self._store_answer(
-                [self._failure(request, ErrorCode.FAILED_TO_PROCESS_MESSAGE, reason)]
-            )
+            try:
+                await self._store_answer(
+                    [self._failure(request, ErrorCode.FAILED_TO_PROCESS_MESSAGE, reason)]
+                )
+            except StoreError:
+                log.exception("AI request %d: its failure could not be stored", request.position)
 
     async def _answer_once(self, request: RecordedEvent) -> None:
         if await self._store.fetch("SELECT 1 FROM events WHERE event_id = $1", answer_id(request)):
@@ -246,8 +252,8 @@ class Assistant:
         else:
             metrics.AI_ANSWERS.labels(request.type, "success").inc()
             events = self._success(request, asked, text)
-        metrics.AI_SECONDS.labels(request.type).observe(time.monotonic() - started)
         await self._store_answer(events)
+        metrics.AI_SECONDS.labels(request.type).observe(time.monotonic() - started)
 
     @contextlib.asynccontextmanager
     async def _turn(self, user_id: str) -> AsyncIterator[None]:
@@ -295,13 +301,14 @@ class Assistant:
             nonlocal sent, last
             text = "".join(pending)
             pending.clear()
-            for chunk in _chunks(text, PIECE_CHARS):
+            for chunk in _chunks(text, PIECE_BYTES):
                 await self._publish_piece(request, chunk, sent)
                 sent += 1
             last = time.monotonic()
 
         async with contextlib.aclosing(_generator(self.provider.stream(asked))) as stream:
             async for piece in stream:
+                piece = piece.replace("\x00", "")  # jsonb cannot hold U+0000: it would never store
                 pieces.append(piece)
                 pending.append(piece)
                 if time.monotonic() - last >= PIECE_INTERVAL:
@@ -423,12 +430,13 @@ class Assistant:
         return metadata
 
     async def _store_answer(self, events: list[NewEvent]) -> None:
-        """Keep trying while the database is away: the answer is all the user is waiting for."""
+        """Keep trying while the database is away: the answer is all the user is waiting for.
+        An answer the log refuses (not an outage) is not retried: _answer answers with an error."""
         while True:
             try:
                 await self._store.append(events)
                 return
-            except Exception:
+            except StoreUnavailable:
                 log.warning("could not store an AI answer; retrying", exc_info=True)
                 await asyncio.sleep(RETRY_SECONDS)
 
@@ -466,8 +474,17 @@ def _client_msg_id(request: RecordedEvent) -> str | None:
 
 
 def _chunks(text: str, size: int) -> Iterator[str]:
-    for start in range(0, len(text), size):
-        yield text[start : start + size]
+    """`text` in pieces of at most `size` bytes as JSON escapes them (a NOTIFY payload is bounded
+    in bytes, and an emoji escapes to twelve)."""
+    start, used = 0, 0
+    for end, char in enumerate(text):
+        cost = len(json.dumps(char)) - 2
+        if used + cost > size and end > start:
+            yield text[start:end]
+            start, used = end, 0
+        used += cost
+    if start < len(text):
+        yield text[start:]
 
 
 async def _generator(pieces: AsyncIterator[str]) -> AsyncGenerator[str, None]:

@@ -186,6 +186,8 @@ class OpenAIProvider:
                 opened = await self._first_piece(payload)
         except (TimeoutError, httpx.TimeoutException) as error:
             raise self._give_up(_Failure(TIMED_OUT, repr(error))) from error
+        except httpx.HTTPError as error:  # a bad URL, a proxy, a protocol error: not retried
+            raise self._give_up(_Failure(FAILED, repr(error))) from error
         try:
             yield opened.first
             async for piece in opened.pieces:

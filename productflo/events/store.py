@@ -83,7 +83,11 @@ async def connect(dsn: str) -> asyncpg.Connection:
         connection = await asyncpg.connect(dsn, command_timeout=COMMAND_TIMEOUT, timeout=5)
     except _DATABASE_ERRORS as error:
         raise StoreUnavailable("cannot connect to the database") from error
-    await _init_connection(connection)
+    try:
+        await _init_connection(connection)
+    except Exception as error:  # the server went away mid-setup: no half-made connection leaks
+        connection.terminate()
+        raise StoreUnavailable("cannot set up the database connection") from error
     return connection
 
 

@@ -137,6 +137,9 @@ async def test_offline_answers_each_code_in_the_room(server: Any, connect: Any, 
     )
     assert "Offline assistant" in text, "the offline provider says what it is"
     assert "enclosure" in text.lower()
+    assert "1 m drop" in text, "built from the room's messages too (only Bob said this)"
+    if code == "documentation":
+        assert "req.pdf" in text, "the attached file is listed"
     streamed = _pieces(between, pending["event_id"])
     assert streamed and _text(streamed) == text
     assert all(m["code"] != ANSWER_CODES[code] for m in between), "a piece is not an answer"
@@ -254,9 +257,14 @@ async def test_a_failing_provider_gives_ai_provider_error_and_the_connection_liv
     assert "sk-test-key" not in str(answer) and "127.0.0.1" not in str(answer)
     await alice.chat(room, "still here")  # the connection is alive
     assert (await alice.recv_code("chat_response"))["data"]["message"] == "still here"
-    # Only the requester hears of the failure.
-    heard = await bob.recv_until(lambda m: m["code"] == "chat_response", TIMEOUT)
-    assert heard["data"]["message"] == "still here"
+    # Only the requester hears of the failure: Bob gets nothing of it before the next chat.
+    seen_by_bob = []
+    async with asyncio.timeout(TIMEOUT):
+        while not seen_by_bob or seen_by_bob[-1]["code"] != "chat_response":
+            seen_by_bob.append(await bob.recv())
+    assert seen_by_bob[-1]["data"]["message"] == "still here"
+    assert not [m for m in seen_by_bob if m["status"] == "error"], seen_by_bob
+    assert not [m for m in seen_by_bob if m["code"] == "engineering_response"], seen_by_bob
 
 
 async def test_a_slow_model_holds_up_neither_the_connection_nor_the_room(
@@ -395,3 +403,23 @@ async def test_a_request_that_keeps_failing_is_answered_with_an_error_not_droppe
     assert answer["data"]["details"]["error_code"] == "FAILED_TO_PROCESS_MESSAGE"
     assert "context" not in answer["data"]["message"], "no internals"
     assert tries == [pending["event_id"]] * assistant_module.ATTEMPTS
+
+
+async def test_an_answer_with_nul_and_wide_characters_is_stored_and_streamed_whole(
+    start_server: Any, connect_to: Any, fake_openai: FakeOpenAI
+) -> None:
+    """jsonb cannot hold U+0000 and a NOTIFY holds 8000 bytes: a model answer with a NUL and
+    thousands of characters that JSON escapes wide (CJK, emoji) still arrives, whole, streamed."""
+    wide = "防水" * 1500 + "😀" * 500
+    fake_openai.answer(["start\x00", wide, " end"])
+    server = start_server(**_openai(fake_openai))
+    room = _room()
+    alice = await connect_to(server, "/ws?user_id=alice")
+    await alice.join(room)
+
+    pending, between, answer = await ask(alice, "haitch_chat", room, "say it")
+
+    assert answer["data"]["message"] == "start" + wide + " end"
+    streamed = _pieces(between, pending["event_id"])
+    assert _text(streamed) == answer["data"]["message"], "no piece lost to the NOTIFY limit"
+    assert len(streamed) > 3
