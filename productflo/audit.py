@@ -47,7 +47,7 @@ from pydantic import (
 
 from productflo.envelopes import Identifier, iso
 from productflo.errors import StoreError, StoreUnavailable
-from productflo.events.models import JsonObject, RecordedEvent, room_stream
+from productflo.events.models import MAX_POSITION, JsonObject, RecordedEvent, room_stream
 from productflo.events.store import EventStore
 
 DEFAULT_LIMIT = 100
@@ -109,7 +109,7 @@ class AuditFilter(BaseModel):
     code: Code | None = None
     since: Timestamp | None = None
     until: Timestamp | None = None
-    after: Annotated[int, Field(ge=0, le=2**63 - 1)] = 0
+    after: Annotated[int, Field(ge=0, le=MAX_POSITION)] = 0
     limit: Annotated[int, Field(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT
 
     @model_validator(mode="after")

@@ -9,12 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from productflo.envelopes import HISTORY_TYPES, render_event
-from productflo.events.models import JsonObject, room_stream
+from productflo.events.models import MAX_POSITION, JsonObject, room_stream
 from productflo.events.store import EventStore
 from productflo.projections.framework import checkpoint
 from productflo.projections.messages import Messages
 
-_NEWEST = 2**63 - 1
+_NEWEST = MAX_POSITION
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,10 @@ from typing import Any
 
 JsonObject = dict[str, Any]
 
+# The largest position the log can hold (a bigint): every position a client or operator names
+# (history `before`, HTTP `before`/`after`, `last_event_id`, `up_to`) is refused above it.
+MAX_POSITION = 2**63 - 1
+
 # uuid5 namespace for idempotency keys derived from (user, client_msg_id).
 _random = random.Random()  # seeded from os.urandom
 # A forked child must not repeat its parent's ids (uvicorn's workers are spawned, but others fork).

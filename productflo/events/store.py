@@ -41,7 +41,7 @@ import asyncpg
 
 from productflo import metrics
 from productflo.errors import AppendRefused, StoreError, StoreUnavailable
-from productflo.events.models import AppendResult, NewEvent, RecordedEvent
+from productflo.events.models import MAX_POSITION, AppendResult, NewEvent, RecordedEvent
 
 log = logging.getLogger(__name__)
 
@@ -310,7 +310,7 @@ class EventStore:
             ORDER BY position DESC LIMIT $5
             """,
             stream,
-            before if before is not None else 2**63 - 1,
+            before if before is not None else MAX_POSITION,
             after,
             list(types) if types is not None else None,
             limit,
