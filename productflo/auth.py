@@ -7,6 +7,7 @@ every server process using the same data directory.
 
 from __future__ import annotations
 
+import math
 import os
 import secrets
 import time
@@ -62,6 +63,11 @@ class Claims:
     raw: Mapping[str, Any] = field(repr=False)
 
     @property
+    def expires_at(self) -> float:
+        """The token's `exp`, in seconds since the epoch (`verify` makes sure there is one)."""
+        return float(self.raw["exp"])
+
+    @property
     def is_admin(self) -> bool:
         roles = self.raw.get("roles")
         return self.raw.get("role") == "admin" or (isinstance(roles, list) and "admin" in roles)
@@ -99,13 +105,15 @@ class TokenVerifier:
                 algorithms=self._algorithms,
                 audience=self._audience,
                 issuer=self._issuer,
-                options={"require": ["sub"], "verify_aud": self._audience is not None},
+                options={"require": ["exp", "sub"], "verify_aud": self._audience is not None},
             )
         except jwt.PyJWTError as error:
             raise AuthenticationFailed(f"invalid token: {error.__class__.__name__}") from error
         subject = claims.get("sub")
         if not isinstance(subject, str) or not 0 < len(subject) <= 128:
             raise AuthenticationFailed("the token's sub is not a user id")
+        if not _is_time(claims["exp"]):
+            raise AuthenticationFailed("the token's exp is not a time")
         return Claims(subject=subject, raw=claims)
 
     def _key_for(self, token: str, algorithm: str) -> Any:
@@ -118,6 +126,17 @@ class TokenVerifier:
         if self._public_key is not None:
             return self._public_key
         raise AuthenticationFailed("no public key is configured")
+
+
+def _is_time(value: Any) -> bool:
+    """A JSON number a float can hold. PyJWT checks `exp` with int(), which also takes a string
+    of digits, and an exp past the largest float would never expire."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
 
 
 def mint(

@@ -7,21 +7,29 @@ import json
 import time
 from typing import Any
 
+import httpx
 import jwt
 import pytest
+import socketio
 
-from productflo.auth import mint
+from productflo.auth import TokenVerifier, mint
 from tests.conftest import ServerThread
 
 pytestmark = pytest.mark.anyio
 
 
-def token(server: ServerThread, user: str = "user-123", **claims: Any) -> str:
-    if not claims:
-        return mint(server.settings, user)
+def signed(server: ServerThread, claims: dict[str, Any]) -> str:
+    """Exactly these claims, signed with the server's secret."""
     secret = server.settings.jwt_secret
     assert secret is not None
-    return jwt.encode({"sub": user, **claims}, secret.get_secret_value(), algorithm="HS256")
+    return jwt.encode(claims, secret.get_secret_value(), algorithm="HS256")
+
+
+def token(server: ServerThread, user: str = "user-123", **claims: Any) -> str:
+    """A minted token, or one with these claims beside `sub` and an `exp` ten minutes away."""
+    if not claims:
+        return mint(server.settings, user)
+    return signed(server, {"sub": user, "exp": int(time.time()) + 600, **claims})
 
 
 async def assert_refused(client: Any, close_code: int = 4401) -> None:
@@ -86,16 +94,22 @@ def _unsigned(claims: dict[str, Any]) -> str:
     return f"{part({'alg': 'none', 'typ': 'JWT'})}.{part(claims)}."
 
 
+def _soon() -> int:
+    return int(time.time()) + 600
+
+
 BAD_TOKENS = {
     "expired": lambda s: token(s, exp=int(time.time()) - 60),
     "wrong signature": lambda s: jwt.encode(
-        {"sub": "user-123"}, "another-secret-of-32-bytes-or-more", algorithm="HS256"
+        {"sub": "user-123", "exp": _soon()}, "another-secret-of-32-bytes-or-more", algorithm="HS256"
     ),
-    "alg none": lambda s: _unsigned({"sub": "user-123"}),
+    "alg none": lambda s: _unsigned({"sub": "user-123", "exp": _soon()}),
     "garbage": lambda s: "not.a.token",
-    "no sub": lambda s: jwt.encode(
-        {"name": "x"}, s.settings.jwt_secret.get_secret_value(), algorithm="HS256"
-    ),
+    "no sub": lambda s: signed(s, {"name": "x", "exp": _soon()}),
+    "no exp": lambda s: signed(s, {"sub": "user-123"}),
+    "null exp": lambda s: token(s, exp=None),
+    "exp a string of digits": lambda s: token(s, exp=str(_soon())),
+    "exp past the largest float": lambda s: token(s, exp=10**400),
     "not yet valid": lambda s: token(s, nbf=int(time.time()) + 3600),
 }
 
@@ -111,6 +125,35 @@ async def test_a_bad_token_is_refused_with_4401(
 
 async def test_no_token_is_refused_with_4401(connect: Any) -> None:
     await assert_refused(await connect("/ws/secure", expect_welcome=False))
+
+
+async def test_a_token_with_no_exp_is_refused_over_socketio(server: ServerThread) -> None:
+    client = socketio.AsyncClient(reconnection=False)
+    errors: list[Any] = []
+
+    async def on_connect_error(data: Any) -> None:
+        errors.append(data)
+
+    client.on("connect_error", on_connect_error)
+    with pytest.raises(socketio.exceptions.ConnectionError):
+        await client.connect(
+            server.http,
+            socketio_path="/ws",
+            transports=["websocket"],
+            auth={"token": signed(server, {"sub": "user-123"})},
+            wait_timeout=10,
+        )
+    assert [error["message"] for error in errors] == ["Authentication failed"]
+    assert not client.connected
+
+
+@pytest.mark.parametrize("path", ["/rooms/r/messages", "/users/me/notifications"])
+async def test_a_token_with_no_exp_is_401_over_http(server: ServerThread, path: str) -> None:
+    headers = {"Authorization": f"Bearer {signed(server, {'sub': 'user-123'})}"}
+    async with httpx.AsyncClient(base_url=server.http, headers=headers) as http:
+        response = await http.get(path)
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"] == "Bearer"
 
 
 async def test_secure_user_cannot_speak_as_another(connect: Any, server: ServerThread) -> None:
@@ -130,3 +173,10 @@ async def test_secure_and_anonymous_users_share_open_rooms(
     await secure.chat("lobby", "from a signed-in user")
     seen = await anonymous.recv_code("chat_response")
     assert seen["user_id"] == "user-123"
+
+
+def test_the_claims_expire_when_the_token_does(server: ServerThread) -> None:
+    exp = int(time.time()) + 123
+    claims = TokenVerifier(server.settings).verify(token(server, exp=exp))
+    assert claims.expires_at == float(exp)
+    assert isinstance(claims.expires_at, float)
