@@ -35,6 +35,7 @@ from productflo.errors import CloseCode, StoreError
 from productflo.events.models import JsonObject, RecordedEvent
 from productflo.events.store import EventStore
 from productflo.events.tailer import Tailer
+from productflo.outbox import Outgoing
 from productflo.projections import membership
 
 if TYPE_CHECKING:
@@ -173,10 +174,11 @@ class Hub:
             else:
                 recipients = {audience.name}
             room = event_room(event)
+            outgoing = Outgoing(rendered.envelope)  # one envelope, encoded once, for everyone
             for user in recipients:
                 for session in self._sessions.get(user, ()):
                     if room is None or self._may_read(session, room):
-                        session.deliver(rendered.envelope)
+                        session.deliver(outgoing)
         if event.type == "leave":
             self._apply_membership(event)  # ... and the leaver their own leave
 
@@ -185,7 +187,9 @@ class Hub:
         if allowed is None:
             # Whether the room is secure could not be looked up: rather than guess, close the
             # connection; it resumes with last_event_id, and replay applies the same rule.
-            session.request_close(CloseCode.INTERNAL_ERROR, "reconnect with last_event_id")
+            session.request_close(
+                CloseCode.INTERNAL_ERROR, "reconnect with last_event_id", drain=False
+            )
             return False
         return allowed
 
@@ -241,11 +245,12 @@ class Hub:
         else:
             return
         room = message.get("room_id")
+        outgoing = Outgoing(message)
         for user in recipients:
             for session in self._sessions.get(user, ()):
                 # A signal, not an event: where the room's flag is not known, it is dropped.
                 if not isinstance(room, str) or self.access.may_read(session.identity, room):
-                    session.deliver(message)
+                    session.deliver(outgoing)
 
     def _receive_typing(self, payload: dict[str, Any]) -> None:
         user, room = payload.get("user_id"), payload.get("room_id")
@@ -259,9 +264,10 @@ class Hub:
             room_id=room,
             timestamp=str(payload.get("timestamp")),
         )
+        outgoing = Outgoing(message)
         for member in self._members.get(room, ()):
             if member != user:
                 for session in self._sessions.get(member, ()):
                     # A signal, not an event: where the room's flag is not known, it is dropped.
                     if self.access.may_read(session.identity, room):
-                        session.deliver(message)
+                        session.deliver(outgoing)

@@ -5,15 +5,25 @@ A transport (native WebSocket, Socket.IO) identifies the client, builds a Sessio
 frame, appends what must be appended (before anything else happens to it), answers errors, and
 queues what the hub hands it for a writer task to send.
 
-Lifecycle:  OPEN --(close requested: server, overflow, abuse)--> CLOSING --(writer done)--> CLOSED
-                 \\--------------------(client went away)-------------------------------/
+Lifecycle:
+
+    OPEN --(close asked: abuse, token expired, restart)--> DRAINING --(own appends settled)--+
+      |                                                                                      v
+      +--(overflow, or a close that cannot wait)------------------------------------> CLOSING
+    any --(client went away)--> CLOSED                          CLOSING --(writer done)--> CLOSED
+
+A draining session takes no more frames but still delivers, so that every message it already
+accepted is acknowledged before the close (and the close's reason, e.g. RATE_LIMITED, is the last
+envelope the client hears). Overflow cannot wait: what is queued is dropped and the client resumes
+from its last event id.
 
 Frames from one connection are taken in order and their appends submitted in that order, without
 waiting for each commit (up to MAX_IN_FLIGHT at a time): a client's messages enter the log in the
 order it sent them, and a busy client is not held to one message per commit.
 
-The outbound queue is bounded: a client that does not read is closed with 1013 rather than waited
-for, and resumes from its last event id (the log has everything).
+The outbound queue is bounded in envelopes and in bytes (productflo.outbox): a client that does
+not read is closed with 1013 rather than waited for, and resumes from its last event id (the log
+has everything).
 """
 
 from __future__ import annotations
@@ -23,6 +33,7 @@ import contextlib
 import enum
 import functools
 import logging
+import time
 import uuid
 from collections import deque
 from collections.abc import Callable
@@ -47,6 +58,7 @@ from productflo.envelopes import (
 )
 from productflo.errors import AppendRefused, CloseCode, ErrorCode, ProtocolError, StoreError
 from productflo.events.models import (
+    MAX_POSITION,
     AppendResult,
     JsonObject,
     NewEvent,
@@ -57,6 +69,7 @@ from productflo.events.models import (
     user_stream,
 )
 from productflo.hub import Hub
+from productflo.outbox import Close, Outbox, Outgoing
 from productflo.ratelimit import RateLimiter
 from productflo.settings import Settings
 
@@ -67,6 +80,7 @@ _REJECTED_FRAME_KEPT = 2048  # characters of a refused frame kept in the log for
 HELD_FACTOR = 10
 MAX_IN_FLIGHT = 100  # appends of one connection awaiting their commit; then reading pauses
 CATCH_UP_SECONDS = 10.0  # longest wait for this process to reach a resuming client's position
+DRAIN_SECONDS = 5.0  # longest wait for a closing session's own appends to be acknowledged
 
 
 # Told the envelope that answers one inbound message (its acknowledgement, its error, the history
@@ -97,6 +111,7 @@ class Identity:
 
 class State(enum.Enum):
     OPEN = "open"
+    DRAINING = "draining"
     CLOSING = "closing"
     CLOSED = "closed"
 
@@ -117,7 +132,7 @@ class Resume:
             position = int(str(last_event_id))
         except ValueError:
             position = -1
-        if position < 0 or isinstance(last_event_id, bool):
+        if not 0 <= position <= MAX_POSITION or isinstance(last_event_id, bool):
             raise ProtocolError(
                 ErrorCode.INVALID_MESSAGE, "last_event_id must be a non-negative integer"
             )
@@ -145,12 +160,6 @@ def _action(code: InboundCode) -> Action:
     return Action.SEND  # chat and the AI codes
 
 
-@dataclass(frozen=True)
-class _Close:
-    code: int
-    reason: str
-
-
 class Session:
     def __init__(
         self, hub: Hub, settings: Settings, identity: Identity, transport: Transport
@@ -161,16 +170,19 @@ class Session:
         self._hub = hub
         self._settings = settings
         self._transport = transport
-        self._queue: asyncio.Queue[JsonObject | _Close] = asyncio.Queue(
-            maxsize=settings.outbound_queue_size
-        )
-        self._dequeued = asyncio.Event()  # set by the writer whenever it takes from the queue
+        self._outbox = Outbox(settings.outbound_queue_size, settings.outbound_queue_bytes)
         self._limiter = RateLimiter(settings.rate_limit)
         self._writer: asyncio.Task[None] | None = None
         self._follower: asyncio.Task[None] | None = None
         self._replayer: asyncio.Task[None] | None = None
-        self._held: deque[JsonObject] | None = None
+        self._closer: asyncio.Task[None] | None = None
+        self._expiry: asyncio.TimerHandle | None = None
+        self._held: deque[Outgoing] | None = None
+        self._held_bytes = 0
         self._in_flight: asyncio.Queue[_InFlight] = asyncio.Queue(maxsize=MAX_IN_FLIGHT)
+        self._unsettled = 0  # appends submitted and not yet acknowledged (or refused)
+        self._settled = asyncio.Event()
+        self._settled.set()
         # room -> (member?, appends in flight): what this session's own appends will make of its
         # membership, until the hub has dispatched them.
         self._intents: dict[str, tuple[bool, int]] = {}
@@ -201,6 +213,7 @@ class Session:
             "last_event_id": attachment.position,
         }
         self._put_first(welcome(self.user_id, details))
+        self._watch_expiry()
         if resume is not None:
             self._replayer = asyncio.create_task(
                 self._replay(resume, attachment.position), name=f"session-replay-{self.id}"
@@ -219,24 +232,60 @@ class Session:
             async with asyncio.timeout(CATCH_UP_SECONDS):
                 await self._hub.dispatched_past(resume.last_event_id)
 
+    def _watch_expiry(self) -> None:
+        """Close with 4401 when the connection's token expires (SPEC section 6)."""
+        claims = self.identity.claims
+        if claims is not None:
+            delay = max(0.0, claims.expires_at - time.time())
+            self._expiry = asyncio.get_running_loop().call_later(delay, self._expire)
+
+    def _expire(self) -> None:
+        error = ProtocolError(ErrorCode.AUTHENTICATION_FAILED, "The token has expired")
+        refusal = error_envelope(self.user_id, error)
+        self.request_close(CloseCode.AUTHENTICATION_FAILED, "token expired", final=refusal)
+
     async def finish(self) -> None:
         """The client is gone: stop delivering, stop writing."""
         self.state = State.CLOSED
         self._hub.detach(self)
-        for task in (self._replayer, self._writer, self._follower):
+        if self._expiry is not None:
+            self._expiry.cancel()
+        for task in (self._closer, self._replayer, self._writer, self._follower):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
 
-    def request_close(self, code: int, reason: str) -> None:
-        """Close after what is already being written; drops what is queued behind it."""
+    def request_close(
+        self, code: int, reason: str, *, final: JsonObject | None = None, drain: bool = True
+    ) -> None:
+        """Stop taking frames and close, `final` being the last envelope the client hears.
+
+        With `drain`, what is queued and the acknowledgements of appends still in flight go out
+        first (for up to DRAIN_SECONDS); without, they are dropped. A replay in progress is never
+        drained: live events are held behind it, and delivering some but not those would leave
+        the client a gap."""
         if self.state is not State.OPEN:
             return
+        last = [Outgoing(final)] if final is not None else []
+        if not drain or self._held is not None:
+            self._end(last, Close(code, reason), keep=False)
+            return
+        self.state = State.DRAINING
+        self._closer = asyncio.create_task(
+            self._drain_then_close(last, Close(code, reason)), name=f"session-close-{self.id}"
+        )
+
+    async def _drain_then_close(self, last: list[Outgoing], close: Close) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(DRAIN_SECONDS):
+                await self._settled.wait()
+        if self.state is State.DRAINING:
+            self._end(last, close, keep=True)
+
+    def _end(self, last: list[Outgoing], close: Close, *, keep: bool) -> None:
         self.state = State.CLOSING
-        while not self._queue.empty():
-            self._queue.get_nowait()
-        self._queue.put_nowait(_Close(code, reason))
+        self._outbox.close_with(last, close, keep=keep)
 
     async def wait_closed(self) -> None:
         if self._writer is not None:
@@ -245,28 +294,36 @@ class Session:
 
     # -- outbound ------------------------------------------------------------------------------
 
-    def deliver(self, message: JsonObject) -> None:
+    def deliver(self, message: Outgoing | JsonObject) -> None:
         """Queue an envelope for the client; never waits. Overflow closes 1013."""
-        if self.state is not State.OPEN:
+        if self.state not in (State.OPEN, State.DRAINING):
             return
+        item = message if isinstance(message, Outgoing) else Outgoing(message)
         if self._held is not None:  # a replay is being sent: live events wait behind it
-            self._held.append(message)
-            if len(self._held) > HELD_FACTOR * self._settings.outbound_queue_size:
+            self._held.append(item)
+            self._held_bytes += item.size
+            if (
+                len(self._held) > HELD_FACTOR * self._outbox.max_items
+                or self._held_bytes > HELD_FACTOR * self._outbox.max_bytes
+            ):
                 self._overflow()
             return
-        try:
-            self._queue.put_nowait(message)
-        except asyncio.QueueFull:
+        if not self._outbox.offer(item):
             self._overflow()
 
     def _overflow(self) -> None:
-        metrics.SLOW_CLIENTS_DROPPED.inc()
-        self.request_close(CloseCode.TRY_AGAIN_LATER, "too slow; resume with last_event_id")
+        if self.state in (State.OPEN, State.DRAINING):
+            metrics.SLOW_CLIENTS_DROPPED.inc()
+            self._end(
+                [],
+                Close(CloseCode.TRY_AGAIN_LATER, "too slow; resume with last_event_id"),
+                keep=False,
+            )
 
-    async def _send_in_order(self, message: JsonObject) -> None:
+    async def _send_in_order(self, item: Outgoing) -> None:
         """Queue with backpressure: the replay goes out as fast as the client reads."""
         if self.state is State.OPEN:
-            await self._queue.put(message)
+            await self._outbox.put(item)
 
     async def _replay(self, resume: Resume, upto: int) -> None:
         log_id = str(self._hub.store.log_id)
@@ -280,24 +337,25 @@ class Session:
                     "log_id": log_id,
                 }
                 message = "Unknown log position: start over from history"
-                await self._send_in_order(system_envelope(self.user_id, message, details))
+                await self._send_in_order(Outgoing(system_envelope(self.user_id, message, details)))
             else:
                 await self._replay_missed(resume.last_event_id, upto)
         except StoreError:
             log.warning("replay for %s failed", self.user_id)
-            self.request_close(CloseCode.INTERNAL_ERROR, "replay failed; reconnect")
+            self.request_close(CloseCode.INTERNAL_ERROR, "replay failed; reconnect", drain=False)
             return
         # Flush what arrived live meanwhile, and keep holding until the client has caught up
         # (the writer has taken everything): live events go to the queue without waiting, and
         # the client is still behind by the socket buffers, so a queue that is even half full of
         # replay can overflow while it reads perfectly well. No await between the last check and
         # dropping the buffer, so nothing slips in between.
-        while self.state is State.OPEN and (self._held or not self._queue.empty()):
+        while self.state is State.OPEN and (self._held or len(self._outbox)):
             if self._held:
-                await self._send_in_order(self._held.popleft())
+                item = self._held.popleft()
+                self._held_bytes -= item.size
+                await self._send_in_order(item)
             else:
-                self._dequeued.clear()
-                await self._dequeued.wait()
+                await self._outbox.emptied()
         self._held = None
 
     async def _replay_missed(self, after: int, upto: int) -> None:
@@ -313,7 +371,7 @@ class Session:
         async for event in replay.events_at(store, found.positions):
             rendered = render_event(event)
             if rendered is not None:
-                await self._send_in_order(rendered.envelope)
+                await self._send_in_order(Outgoing(rendered.envelope))
         details = {
             "replay_complete": True,
             "last_event_id": upto,
@@ -321,21 +379,20 @@ class Session:
             "truncated": found.truncated,
         }
         message = "Replay complete"
-        await self._send_in_order(system_envelope(self.user_id, message, details))
+        await self._send_in_order(Outgoing(system_envelope(self.user_id, message, details)))
 
     def _put_first(self, message: JsonObject) -> None:
-        # Only called before anything else can be queued (open), so there is room.
-        self._queue.put_nowait(message)
+        # Only called before anything else can be queued (open): an empty outbox takes anything.
+        self._outbox.offer(Outgoing(message))
 
     async def _write(self) -> None:
         while True:
-            item = await self._queue.get()
-            self._dequeued.set()
+            item = await self._outbox.get()
             try:
-                if isinstance(item, _Close):
+                if isinstance(item, Close):
                     await self._transport.close(item.code, item.reason)
                     return
-                await self._transport.send(item)
+                await self._transport.send(item.envelope)
             except Exception:  # the socket is gone; the receive side will notice
                 log.debug("session %s: send failed", self.id, exc_info=True)
                 return
@@ -343,27 +400,51 @@ class Session:
     # -- inbound -------------------------------------------------------------------------------
 
     async def receive(self, frame: str | bytes, answered: Answer = _unheard) -> None:
-        """Take one inbound frame. Appends are pipelined: the next frame is read while this one
-        commits, and the log keeps them in the order they came (EventStore.submit).
+        """Take one inbound frame: `admit`, then `process`.
 
         `answered` is called once with the envelope that answers this frame, when there is one,
         as soon as it is delivered; not at all if the connection closes first."""
+        if self.admit(frame, answered):
+            await self.process(frame, answered)
+
+    def admit(self, frame: str | bytes, answered: Answer = _unheard) -> bool:
+        """Whether a frame, as it arrives, is within the connection's limits (size, rate, the
+        token's lifetime); one that is not is answered or the connection closed. A transport
+        that queues frames (Socket.IO) admits each on arrival, so that the rate is judged on
+        what the client sends, not on how fast the session gets through it."""
         if self.state is not State.OPEN:
-            return
+            return False
         metrics.MESSAGES_RECEIVED.labels(self._transport.name).inc()
+        claims = self.identity.claims
+        if claims is not None and claims.expires_at <= time.time():
+            self._expire()  # the timer is due; a frame must not slip in before it fires
+            return False
         if len(frame) > self._settings.max_message_bytes:
             self.request_close(CloseCode.MESSAGE_TOO_BIG, "message too big")
-            return
-        if not self._limiter.admit():
-            metrics.MESSAGES_REJECTED.labels(ErrorCode.RATE_LIMITED).inc()
-            if self._limiter.refused_is_abuse():
-                self.request_close(CloseCode.POLICY_VIOLATION, "rate limit persistently exceeded")
-            else:
-                echo = client_msg_id_in(frame)
-                refusal = ProtocolError(
-                    ErrorCode.RATE_LIMITED, "Too many messages; slow down", client_msg_id=echo
-                )
-                self._refuse(refusal, answered)
+            return False
+        if self._limiter.admit():
+            return True
+        if self._limiter.refused_is_abuse():
+            self.refuse_flood(frame, answered)
+        else:
+            self._refuse(_rate_limited(frame), answered)
+        return False
+
+    def refuse_flood(self, frame: str | bytes, answered: Answer = _unheard) -> None:
+        """Close with 1008 a client that keeps sending past RATE_LIMITED: the acknowledgements
+        of what it had sent before go out, then RATE_LIMITED once more, then the close."""
+        error = _rate_limited(frame)
+        metrics.MESSAGES_REJECTED.labels(error.error_code).inc()
+        refusal = error_envelope(self.user_id, error)
+        answered(refusal)
+        self.request_close(
+            CloseCode.POLICY_VIOLATION, "rate limit persistently exceeded", final=refusal
+        )
+
+    async def process(self, frame: str | bytes, answered: Answer = _unheard) -> None:
+        """Handle an admitted frame. Appends are pipelined: the next frame is read while this
+        one commits, and the log keeps them in the order they came (EventStore.submit)."""
+        if self.state is not State.OPEN:
             return
         try:
             inbound = parse_inbound(frame, self.user_id)
@@ -409,36 +490,44 @@ class Session:
         # Nothing awaited since the check: if this opens the room, others are judged by it.
         access.opening(inbound.room_id, self.identity.authenticated)
         future = self._hub.store.submit(events)
+        self._unsettled += 1
+        self._settled.clear()
         await self._in_flight.put(_InFlight(inbound, inbound.room_id, future, frame, answered))
 
     async def _follow(self) -> None:
         """Settle this session's appends in order, as they commit."""
         while True:
             item = await self._in_flight.get()
-            try:
-                results = await item.future
-            except StoreError as error:
-                self._hub.access.settled(item.room_id)
-                if isinstance(error, AppendRefused):
-                    # Another process opened the room from /ws/secure in the instant between this
-                    # connection's check and its append; the log refused it (migration 0006).
-                    self._forbid(item, "The room was opened from /ws/secure first")
-                else:
-                    self._refuse(_failed(item.inbound), item.answered)
-                self._settle(item.room_id)
-                continue
-            last = results[-1]
-            if last.duplicate:
-                # Seen before: answer with the original event, which everyone else already has,
-                # if this connection may see it (the key is the user's, whatever the room).
-                await self._answer_duplicate(item, last.event)
-            # Otherwise the acknowledgement is the hub delivering the committed event to us.
-            await self._hub.dispatched_past(last.event.position)
-            if not last.duplicate and item.answered is not _unheard:
-                rendered = render_event(last.event)
-                item.answered(rendered.envelope if rendered is not None else None)
+            await self._settle_append(item)
+            self._unsettled -= 1
+            if not self._unsettled:
+                self._settled.set()
+
+    async def _settle_append(self, item: _InFlight) -> None:
+        try:
+            results = await item.future
+        except StoreError as error:
             self._hub.access.settled(item.room_id)
+            if isinstance(error, AppendRefused):
+                # Another process opened the room from /ws/secure in the instant between this
+                # connection's check and its append; the log refused it (migration 0006).
+                self._forbid(item, "The room was opened from /ws/secure first")
+            else:
+                self._refuse(_failed(item.inbound), item.answered)
             self._settle(item.room_id)
+            return
+        last = results[-1]
+        if last.duplicate:
+            # Seen before: answer with the original event, which everyone else already has,
+            # if this connection may see it (the key is the user's, whatever the room).
+            await self._answer_duplicate(item, last.event)
+        # Otherwise the acknowledgement is the hub delivering the committed event to us.
+        await self._hub.dispatched_past(last.event.position)
+        if not last.duplicate and item.answered is not _unheard:
+            rendered = render_event(last.event)
+            item.answered(rendered.envelope if rendered is not None else None)
+        self._hub.access.settled(item.room_id)
+        self._settle(item.room_id)
 
     async def _answer_duplicate(self, item: _InFlight, original: RecordedEvent) -> None:
         room = event_room(original)
@@ -533,6 +622,15 @@ class Session:
         }
         event = NewEvent(user_stream(self.user_id), "rejected", data, self._metadata())
         self._hub.store.submit([event])  # for audit only: nobody waits for it
+
+
+def _rate_limited(frame: str | bytes) -> ProtocolError:
+    """The refusal of a frame over the rate limit, naming the message it refused."""
+    return ProtocolError(
+        ErrorCode.RATE_LIMITED,
+        "Too many messages; slow down",
+        client_msg_id=client_msg_id_in(frame),
+    )
 
 
 def _failed(inbound: Inbound) -> ProtocolError:

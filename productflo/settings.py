@@ -47,6 +47,7 @@ class Settings(BaseSettings):
 
     # Knobs that are not part of the contract but that operators and tests need.
     outbound_queue_size: int = Field(default=1000, gt=0)
+    outbound_queue_bytes: int = Field(default=1024 * 1024, gt=0)  # SPEC section 6
     poll_interval: float = Field(default=0.5, gt=0)
     # Socket.IO's heartbeat. A long-polling request is held open for up to interval + timeout.
     socketio_ping_interval: float = Field(default=25.0, gt=0)

@@ -31,6 +31,7 @@ pytestmark = pytest.mark.anyio
 ROOM = "r"
 PAYLOAD_CHARS = 16_000
 QUEUE = 64  # the server's outbound queue per connection, in envelopes
+QUEUE_BYTES = 1024 * 1024  # ... and in bytes (the default): room for WINDOW of these messages
 WINDOW = 32  # the sender never runs further ahead of the readers than this (< QUEUE)
 MAX_MESSAGES = 3000  # a few hundred fill the buffers of a loopback connection (~4 MB)
 AFTER_THE_DROP = 200  # sent once the server has dropped the slow client
@@ -193,6 +194,20 @@ async def test_a_client_that_stops_reading_is_closed_1013_while_a_fast_one_keeps
     slow_ids = [m["event_id"] for m in _chats(burst.slow_received)]
     assert 0 < len(slow_ids) <= burst.sent - AFTER_THE_DROP, len(slow_ids)
     assert slow_ids == ids[: len(slow_ids)]
+
+
+async def test_the_outbound_queue_is_bounded_in_bytes_as_well_as_in_envelopes(
+    start_server: Callable[..., ServerThread],
+) -> None:
+    """With room for 100,000 envelopes, a stalled reader is still dropped once what waits for
+    it passes PRODUCTFLO_OUTBOUND_QUEUE_BYTES: a few dozen of these messages, not 100,000."""
+    server = start_server(
+        outbound_queue_size=100_000, outbound_queue_bytes=QUEUE_BYTES, rate_limit=100_000
+    )
+    burst = await _burst_past_a_stalled_reader(server)
+    assert burst.slow_close_code == 1013
+    slow_ids = [m["event_id"] for m in _chats(burst.slow_received)]
+    assert slow_ids == burst.fast_ids[: len(slow_ids)]
 
 
 async def test_after_1013_the_client_resumes_from_its_last_event_id_exactly_once(

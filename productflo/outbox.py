@@ -1,0 +1,115 @@
+"""What waits to be written to one client: bounded in envelopes and in bytes. No I/O.
+
+An `Outgoing` is an envelope with its JSON text, encoded once however many connections it goes
+to (the hub hands the same object to every recipient of an event). The `Outbox` of a connection
+holds them until its writer takes them; `offer` never waits and says no when either bound would
+be passed, which is when the connection is closed 1013 (the client resumes from the log). An
+envelope is always taken when the outbox is empty, whatever its size: a history page larger than
+the byte bound can still be sent to a client that keeps up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import deque
+from dataclasses import dataclass
+
+from productflo.events.models import JsonObject
+
+
+class Outgoing:
+    """An envelope on its way out; its text is encoded on first use and then shared."""
+
+    __slots__ = ("_text", "envelope")
+
+    def __init__(self, envelope: JsonObject) -> None:
+        self.envelope = envelope
+        self._text: str | None = None
+
+    @property
+    def text(self) -> str:
+        if self._text is None:
+            self._text = json.dumps(self.envelope)  # ASCII: its length is its size in bytes
+        return self._text
+
+    @property
+    def size(self) -> int:
+        return len(self.text)
+
+
+@dataclass(frozen=True)
+class Close:
+    """The last item of an outbox: close the socket with this code."""
+
+    code: int
+    reason: str
+
+
+class Outbox:
+    def __init__(self, max_items: int, max_bytes: int) -> None:
+        self.max_items = max_items
+        self.max_bytes = max_bytes
+        self._items: deque[Outgoing | Close] = deque()
+        self._bytes = 0
+        self._taken = asyncio.Event()  # set whenever the writer takes an item
+        self._added = asyncio.Event()
+
+    @property
+    def bytes(self) -> int:
+        return self._bytes
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def fits(self, item: Outgoing) -> bool:
+        if not self._items:
+            return True
+        return len(self._items) < self.max_items and self._bytes + item.size <= self.max_bytes
+
+    def offer(self, item: Outgoing) -> bool:
+        """Queue `item` if both bounds allow it; never waits."""
+        if not self.fits(item):
+            return False
+        self._push(item)
+        return True
+
+    async def put(self, item: Outgoing) -> None:
+        """Queue `item` once there is room for it: for a replay, sent as fast as the client
+        reads."""
+        while not self.fits(item):
+            self._taken.clear()
+            await self._taken.wait()
+        self._push(item)
+
+    def close_with(self, last: list[Outgoing], close: Close, *, keep: bool) -> None:
+        """End the outbox: `last`, then `close`, after what is queued (`keep`) or instead of it.
+        What is queued is kept only while the bounds allow; the final items always go in."""
+        if not keep or not all(self.fits(item) for item in last):
+            self._items.clear()
+            self._bytes = 0
+        for item in last:
+            self._push(item)
+        self._items.append(close)
+        self._added.set()
+
+    async def get(self) -> Outgoing | Close:
+        while not self._items:
+            self._added.clear()
+            await self._added.wait()
+        item = self._items.popleft()
+        if isinstance(item, Outgoing):
+            self._bytes -= item.size
+        self._taken.set()
+        return item
+
+    async def emptied(self) -> None:
+        """Return once the writer has taken everything queued so far."""
+        while self._items:
+            self._taken.clear()
+            await self._taken.wait()
+
+    def _push(self, item: Outgoing) -> None:
+        self._items.append(item)
+        self._bytes += item.size
+        self._added.set()

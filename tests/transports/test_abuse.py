@@ -1,0 +1,130 @@
+"""Abuse and expiry (SPEC section 6): a flooding client hears RATE_LIMITED, every message it had
+sent before is acknowledged, then it is closed 1008; a connection whose token expires is told so
+and closed 4401, and nothing it sends after that is taken."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+import asyncpg
+import httpx
+import jwt
+import pytest
+from websockets.exceptions import ConnectionClosed
+
+from tests.client import Client
+from tests.conftest import ServerThread
+
+pytestmark = pytest.mark.anyio
+
+FLOOD = 2000
+TIMEOUT = 30.0
+REJECTED = 'productflo_messages_rejected_total{error_code="RATE_LIMITED"}'
+
+
+async def _metric(server: ServerThread, name: str) -> float:
+    async with httpx.AsyncClient(base_url=server.http) as http:
+        response = await http.get("/metrics")
+    for line in response.text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return 0.0
+
+
+async def _stored_chats(server: ServerThread, user: str) -> set[int]:
+    connection = await asyncpg.connect(server.database.dsn)
+    try:
+        rows = await connection.fetch(
+            "SELECT position FROM events WHERE type = 'chat' AND metadata->>'user_id' = $1", user
+        )
+    finally:
+        await connection.close()
+    return {row["position"] for row in rows}
+
+
+async def _read_until_closed(client: Client) -> tuple[list[dict[str, Any]], int | None]:
+    received: list[dict[str, Any]] = []
+    try:
+        async with asyncio.timeout(TIMEOUT):
+            while True:
+                received.append(json.loads(await client.connection.recv()))
+    except ConnectionClosed as closed:
+        return received, closed.rcvd.code if closed.rcvd else None
+
+
+def _error_code(message: dict[str, Any]) -> str | None:
+    if message["status"] != "error":
+        return None
+    code: str = message["data"]["details"]["error_code"]
+    return code
+
+
+async def test_a_flood_hears_rate_limited_last_and_every_stored_message_is_acknowledged(
+    connect: Any, server: ServerThread
+) -> None:
+    """2,000 chats at once: the burst is stored and acknowledged, the rest refused one by one
+    with RATE_LIMITED (each counted once), and the close 1008 comes after all of them."""
+    counted_before = await _metric(server, REJECTED)
+    alice = await connect("/ws?user_id=alice")
+    reader = asyncio.create_task(_read_until_closed(alice))
+    try:
+        for n in range(FLOOD):
+            await alice.chat("r", f"m{n}", client_msg_id=f"c{n}")
+    except ConnectionClosed:
+        pass  # closed mid-flood, as it should be
+    received, code = await reader
+
+    assert code == 1008
+    limited = [m for m in received if _error_code(m) == "RATE_LIMITED"]
+    assert limited, "the client was never told why"
+    assert received[-1] is limited[-1], "RATE_LIMITED is the last envelope before the close"
+    acks = {m["event_id"] for m in received if m["code"] == "chat_response"}
+    stored = await _stored_chats(server, "alice")
+    assert stored, "the burst was stored"
+    assert acks == stored, "every stored message was acknowledged, none dropped with the close"
+    assert await _metric(server, REJECTED) - counted_before == len(limited)
+
+
+async def test_every_refused_frame_names_its_client_msg_id(
+    connect: Any, server: ServerThread
+) -> None:
+    alice = await connect("/ws?user_id=alice")
+    burst = int(2 * server.settings.rate_limit)
+    for n in range(burst + 10):
+        await alice.chat("r", f"m{n}", client_msg_id=f"c{n}")
+    answers = [
+        await alice.recv_until(lambda m: m["code"] == "chat_response" or m["status"] == "error")
+        for _ in range(burst + 10)
+    ]
+    refused = [m["client_msg_id"] for m in answers if _error_code(m) == "RATE_LIMITED"]
+    acked = [m["client_msg_id"] for m in answers if m["code"] == "chat_response"]
+    assert refused
+    assert sorted(refused + acked, key=lambda c: int(c[1:])) == [f"c{n}" for n in range(burst + 10)]
+
+
+def _token(server: ServerThread, user: str, lifetime: float) -> str:
+    secret = server.settings.jwt_secret
+    assert secret is not None
+    claims = {"sub": user, "exp": int(time.time() + lifetime)}
+    return jwt.encode(claims, secret.get_secret_value(), algorithm="HS256")
+
+
+async def test_a_connection_is_closed_4401_when_its_token_expires(
+    connect: Any, server: ServerThread
+) -> None:
+    alice = await connect(f"/ws/secure?access_token={_token(server, 'alice', 2)}")
+    await alice.chat("r", "before")
+    ack = await alice.recv_code("chat_response")
+    assert ack["data"]["message"] == "before"
+
+    told = await alice.recv_until(lambda m: m["status"] == "error", timeout=TIMEOUT)
+    assert _error_code(told) == "AUTHENTICATION_FAILED"
+    assert told["data"]["details"]["message"] == "The token has expired"
+    with pytest.raises(ConnectionClosed):
+        await alice.chat("r", "after")  # the close may already be on the wire
+        await alice.recv(timeout=TIMEOUT)
+    assert alice.connection.close_code == 4401
+    assert await _stored_chats(server, "alice") == {ack["event_id"]}
