@@ -7,7 +7,6 @@ what a stored event looks like to a client, live, replayed or in a history page 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -16,10 +15,16 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from productflo.errors import ErrorCode, ProtocolError
-from productflo.events.models import JsonObject, RecordedEvent
+from productflo.events.models import MAX_POSITION, JsonObject, RecordedEvent
+from productflo.jsontext import decode_object, describe, is_storable, storable
 
 WELCOME_MESSAGE = "Connected to ProductFlo WebSocket server"
 MAX_HISTORY_LIMIT = 100
+MAX_MESSAGE_CHARS = 32768
+MAX_SENDER_CHARS = 128
+MAX_ATTACHED_FILES = 100
+MAX_FILE_NAME_CHARS = 1024
+MAX_CLIENT_MSG_ID_CHARS = 64
 
 
 class InboundCode(StrEnum):
@@ -45,6 +50,7 @@ Status = Literal["success", "error", "pending"]
 
 # Ids end up in streams, cookies and log lines: printable, no separators, bounded.
 _ID_PATTERN = r"^[A-Za-z0-9_.@:+|=~\-]{1,128}$"
+_ID_RULE = "must be 1-128 characters of letters, digits and _.@:+|=~-"  # _ID_PATTERN, told
 Identifier = Annotated[str, StringConstraints(pattern=_ID_PATTERN)]
 
 
@@ -53,13 +59,13 @@ class InboundData(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    message: str | None = Field(default=None, max_length=32768)
-    sender: str | None = Field(default=None, max_length=128)
-    attached_files: list[Annotated[str, Field(max_length=1024)]] | None = Field(
-        default=None, max_length=100
+    message: str | None = Field(default=None, max_length=MAX_MESSAGE_CHARS)
+    sender: str | None = Field(default=None, max_length=MAX_SENDER_CHARS)
+    attached_files: list[Annotated[str, Field(max_length=MAX_FILE_NAME_CHARS)]] | None = Field(
+        default=None, max_length=MAX_ATTACHED_FILES
     )
     is_typing: bool | None = None
-    before: int | None = Field(default=None, gt=0)
+    before: int | None = Field(default=None, gt=0, le=MAX_POSITION)
     limit: int | None = Field(default=None, gt=0, le=MAX_HISTORY_LIMIT)
 
 
@@ -73,21 +79,39 @@ class Inbound(BaseModel):
     room_id: Identifier | None = None
     timestamp: datetime | None = None
     data: InboundData = Field(default_factory=InboundData)
-    client_msg_id: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = None
+    client_msg_id: (
+        Annotated[str, StringConstraints(min_length=1, max_length=MAX_CLIENT_MSG_ID_CHARS)] | None
+    ) = None
 
     def data_json(self) -> JsonObject:
         """`data` as the client sent it, minus fields it left out."""
         return self.data.model_dump(exclude_none=True)
 
 
+# Each field's whole rule, told whatever way a value breaks it (jsontext.describe); the transports'
+# HTTP parameters of the same names share them.
+FIELD_RULES = {
+    "user_id": f"user_id {_ID_RULE}",
+    "room_id": f"room_id {_ID_RULE}",
+    "timestamp": "timestamp must be an ISO 8601 date and time",
+    "client_msg_id": f"client_msg_id must be a string of 1-{MAX_CLIENT_MSG_ID_CHARS} characters",
+    "data": "data must be an object",
+    "data.message": f"data.message must be a string of at most {MAX_MESSAGE_CHARS} characters",
+    "data.sender": f"data.sender must be a string of at most {MAX_SENDER_CHARS} characters",
+    "data.attached_files": (
+        f"data.attached_files must be a list of at most {MAX_ATTACHED_FILES} strings"
+        f" of at most {MAX_FILE_NAME_CHARS} characters"
+    ),
+    "data.is_typing": "data.is_typing must be true or false",
+    "data.before": f"data.before must be an integer from 1 to {MAX_POSITION}",
+    "data.limit": f"data.limit must be an integer from 1 to {MAX_HISTORY_LIMIT}",
+}
+
+
 def parse_inbound(frame: str | bytes, connection_user: str) -> Inbound:
-    """Parse one frame, or raise ProtocolError with the first rule it breaks (SPEC section 5)."""
-    try:
-        raw = json.loads(frame)
-    except (ValueError, UnicodeDecodeError):
-        raise ProtocolError(ErrorCode.INVALID_JSON, "The message is not valid JSON") from None
-    if not isinstance(raw, dict):
-        raise ProtocolError(ErrorCode.INVALID_JSON, "The message must be a JSON object")
+    """Parse one frame, or raise ProtocolError with the first rule it breaks (SPEC sections 5
+    and 6). Text PostgreSQL cannot store is refused before anything else is looked at."""
+    raw = decode_object(frame, echo=_echo)
     echo = _echo(raw)
 
     def refuse(error_code: ErrorCode, message: str) -> ProtocolError:
@@ -99,15 +123,16 @@ def parse_inbound(frame: str | bytes, connection_user: str) -> Inbound:
     if not isinstance(code, str):
         raise refuse(ErrorCode.INVALID_MESSAGE, "code must be a string")
     if code not in InboundCode.__members__.values():
-        raise refuse(ErrorCode.UNSUPPORTED_MESSAGE_TYPE, f"Unsupported message type: {code[:64]}")
-    if _has_nul(raw):
-        raise refuse(ErrorCode.INVALID_MESSAGE, "Strings may not contain NUL characters")
+        quoted = storable(code[:64])
+        raise refuse(ErrorCode.UNSUPPORTED_MESSAGE_TYPE, f"Unsupported message type: {quoted}")
     try:
         inbound = Inbound.model_validate(raw)
     except ValidationError as error:
-        raise refuse(ErrorCode.INVALID_MESSAGE, _describe(error)) from None
+        raise refuse(ErrorCode.INVALID_MESSAGE, describe(error.errors()[0], FIELD_RULES)) from None
     if inbound.user_id is not None and inbound.user_id != connection_user:
         raise refuse(ErrorCode.USER_ID_MISMATCH, "user_id does not match the connection's user")
+    if inbound.data.sender is not None and inbound.data.sender != connection_user:
+        raise refuse(ErrorCode.USER_ID_MISMATCH, "data.sender does not match the connection's user")
     if inbound.code in ROOM_CODES and inbound.room_id is None:
         raise refuse(ErrorCode.ROOM_ID_REQUIRED, f"room_id is required for {code}")
     return inbound
@@ -115,34 +140,20 @@ def parse_inbound(frame: str | bytes, connection_user: str) -> Inbound:
 
 def client_msg_id_in(frame: str | bytes) -> str | None:
     """The `client_msg_id` of a frame that is refused before it is parsed (over the rate
-    limit), so that the refusal names the message it refused; None when there is none."""
+    limit), so that the refusal names the message it refused; None when there is none.
+    Never raises."""
     try:
-        raw = json.loads(frame)
-    except (ValueError, UnicodeDecodeError):
-        return None
-    return _echo(raw) if isinstance(raw, dict) else None
+        return _echo(decode_object(frame, echo=_echo))
+    except ProtocolError as error:
+        return error.client_msg_id
 
 
 def _echo(raw: dict[str, Any]) -> str | None:
+    """The frame's `client_msg_id` when it is one an answer can carry."""
     echo = raw.get("client_msg_id")
-    return echo if isinstance(echo, str) and 0 < len(echo) <= 64 and "\x00" not in echo else None
-
-
-def _has_nul(value: Any) -> bool:
-    # PostgreSQL's jsonb cannot hold U+0000; refuse it here rather than fail in the store.
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_has_nul(item) for item in value)
-    return False
-
-
-def _describe(error: ValidationError) -> str:
-    first = error.errors()[0]
-    where = ".".join(str(part) for part in first["loc"]) or "message"
-    return f"Invalid field {where}: {first['msg']}"
+    if isinstance(echo, str) and 0 < len(echo) <= MAX_CLIENT_MSG_ID_CHARS and is_storable(echo):
+        return echo
+    return None
 
 
 # -- outbound ------------------------------------------------------------------------------------
