@@ -69,6 +69,7 @@ from productflo.events.models import (
     user_stream,
 )
 from productflo.hub import Hub
+from productflo.jsontext import storable
 from productflo.outbox import Close, Outbox, Outgoing
 from productflo.ratelimit import RateLimiter
 from productflo.settings import Settings
@@ -613,12 +614,13 @@ class Session:
         )
 
     def _record_rejection(self, frame: str | bytes, error: ProtocolError) -> None:
-        """Keep a refused message in the log for audit; it is never delivered or replayed."""
-        text = frame if isinstance(frame, str) else frame.decode("utf-8", "replace")
+        """Keep a refused message in the log for audit, whatever it held (what PostgreSQL cannot
+        store is kept escaped); it is never delivered or replayed."""
+        text = frame if isinstance(frame, str) else frame.decode("utf-8", "backslashreplace")
         data = {
             "error_code": str(error.error_code),
-            "message": error.message,
-            "frame": text[:_REJECTED_FRAME_KEPT].replace("\x00", "\ufffd"),
+            "message": storable(error.message),
+            "frame": storable(text[:_REJECTED_FRAME_KEPT]),
         }
         event = NewEvent(user_stream(self.user_id), "rejected", data, self._metadata())
         self._hub.store.submit([event])  # for audit only: nobody waits for it
