@@ -42,6 +42,7 @@ import asyncpg
 from productflo import metrics
 from productflo.errors import AppendRefused, StoreError, StoreUnavailable
 from productflo.events.models import MAX_POSITION, AppendResult, NewEvent, RecordedEvent
+from productflo.jsontext import is_storable
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +109,8 @@ def record(row: asyncpg.Record | Mapping[str, Any]) -> RecordedEvent:
 @dataclass(frozen=True)
 class _Prepared:
     """An event with its JSON already encoded: done by the submitter, off the appender's path,
-    so that data that is not JSON fails its own request and never a batch."""
+    so that an event PostgreSQL would refuse for its content (data that is not JSON, NaN, a NUL
+    or a lone surrogate anywhere) fails its own request and never reaches a batch."""
 
     event: NewEvent
     data: str
@@ -116,10 +118,14 @@ class _Prepared:
 
     @classmethod
     def of(cls, event: NewEvent) -> _Prepared:
+        if not all(map(is_storable, (event.stream, event.type, event.data, event.metadata))):
+            raise StoreError("the event holds text PostgreSQL cannot store")
         try:
-            return cls(event, json.dumps(event.data), json.dumps(event.metadata))
-        except (TypeError, ValueError) as error:
+            data = json.dumps(event.data, allow_nan=False)
+            metadata = json.dumps(event.metadata, allow_nan=False)
+        except (TypeError, ValueError, RecursionError) as error:
             raise StoreError("the event's data is not JSON") from error
+        return cls(event, data, metadata)
 
 
 @dataclass

@@ -343,8 +343,14 @@ POISONS = {
     "nul-in-metadata": NewEvent("room:lobby", "chat", {}, {"client_msg_id": "\u0000"}),
     # json.dumps writes NaN, which is not JSON: jsonb refuses it.
     "nan-in-data": NewEvent("room:lobby", "chat", {"score": float("nan")}),
+    "infinity-in-data": NewEvent("room:lobby", "chat", {"score": [float("-inf")]}),
     # text columns cannot hold U+0000 either.
     "nul-in-stream": NewEvent("room:a\u0000b", "chat", {}),
+    "nul-in-type": NewEvent("room:lobby", "ch\u0000at", {}),
+    # A lone surrogate has no UTF-8 encoding: jsonb refuses its escape, the driver its text.
+    "surrogate-in-data": NewEvent("room:lobby", "chat", {"message": "\ud800"}),
+    "surrogate-in-a-data-key": NewEvent("room:lobby", "chat", {"m": [{"\udfff": 1}]}),
+    "surrogate-in-metadata": NewEvent("room:lobby", "chat", {}, {"user_id": "\udc00"}),
 }
 
 
@@ -365,6 +371,21 @@ async def test_a_refused_event_fails_only_its_own_request(
         assert [o[0].event.position for o in fine] == list(range(1, 7))  # submission order
         await store.append([new_event()])  # the appender is still running
         assert await store.head() == 7
+
+
+@pytest.mark.parametrize("poison", list(POISONS.values()), ids=list(POISONS))
+async def test_a_bad_event_never_fails_the_batch_it_was_submitted_with(
+    database_url: DatabaseUrl, poison: NewEvent
+) -> None:
+    """Refused when submitted, the bad event never reaches the database: the good requests
+    around it commit together in the one batch they were queued in, not retried one by one."""
+    async with asyncio.timeout(TIMEOUT), running_store(database_url) as store:
+        good = [[new_event(n=n)] for n in range(6)]
+        outcomes = await append_all(store, [*good[:3], [poison], *good[3:]])
+        assert isinstance(outcomes[3], StoreError)
+        assert not isinstance(outcomes[3], StoreUnavailable)
+        assert [type(o) for n, o in enumerate(outcomes) if n != 3] == [list] * 6
+        assert (store.batches_committed, store.events_committed) == (1, 6)
 
 
 async def test_a_refused_request_stores_none_of_its_events(database_url: DatabaseUrl) -> None:
