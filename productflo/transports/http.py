@@ -13,7 +13,7 @@ from productflo.access import Action, claim_allows, refusal
 from productflo.auth import Claims, TokenVerifier
 from productflo.envelopes import MAX_HISTORY_LIMIT, Identifier, iso
 from productflo.errors import AuthenticationFailed, StoreError
-from productflo.events.models import JsonObject, NewEvent, user_stream
+from productflo.events.models import MAX_POSITION, JsonObject, NewEvent, user_stream
 from productflo.hub import Hub
 from productflo.projections.notifications import READ_TYPE
 
@@ -98,7 +98,9 @@ def _notification(row: asyncpg.Record) -> JsonObject:
 
 
 class ReadUpTo(BaseModel):
-    up_to: int = Field(gt=0, description="the newest notification event_id the user has seen")
+    up_to: int = Field(
+        gt=0, le=MAX_POSITION, description="the newest notification event_id the user has seen"
+    )
 
 
 @router.post("/users/me/notifications/read")
@@ -120,7 +122,7 @@ async def room_messages(
     request: Request,
     user: User,
     room_id: Annotated[Identifier, Path()],
-    before: Annotated[int | None, Query(gt=0)] = None,
+    before: Annotated[int | None, Query(gt=0, le=MAX_POSITION)] = None,
     limit: Annotated[int, Query(gt=0, le=MAX_HISTORY_LIMIT)] = MAX_HISTORY_LIMIT,
 ) -> JsonObject:
     """The room's events before `before` (an event id), oldest first, and whether older exist.

@@ -8,6 +8,7 @@ import httpx
 import pytest
 
 from productflo.auth import mint
+from productflo.events.models import MAX_POSITION
 from tests.conftest import ServerThread
 
 pytestmark = pytest.mark.anyio
@@ -109,3 +110,38 @@ async def test_the_root_serves_a_web_client_of_the_native_protocol(server: Serve
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/html")
     assert "new WebSocket(" in response.text and "last_event_id" in response.text
+
+
+HUGE = 10**30  # past any 64-bit integer
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "params", "body"),
+    [
+        ("GET", "/rooms/r/messages", {"before": HUGE}, None),
+        ("GET", "/rooms/r/messages", {"limit": HUGE}, None),
+        ("GET", "/users/me/notifications", {"limit": HUGE}, None),
+        ("POST", "/users/me/notifications/read", {}, {"up_to": HUGE}),
+        ("GET", "/admin/events", {"after": HUGE}, None),
+        ("GET", "/admin/events", {"limit": HUGE}, None),
+    ],
+    ids=["before", "messages limit", "notifications limit", "up_to", "after", "audit limit"],
+)
+async def test_an_integer_past_64_bits_is_422_never_5xx(
+    server: ServerThread, method: str, path: str, params: dict[str, int], body: Any
+) -> None:
+    headers = {"Authorization": f"Bearer {mint(server.settings, 'reader', admin=True)}"}
+    async with httpx.AsyncClient(base_url=server.http, headers=headers) as http:
+        response = await http.request(method, path, params=params, json=body)
+    assert response.status_code == 422, response.text
+
+
+async def test_the_largest_position_is_a_valid_bound(connect: Any, server: ServerThread) -> None:
+    """MAX_POSITION itself is accepted: the bound refuses only what a bigint cannot hold."""
+    ids = await _fill(connect, "edge", 1)
+    async with httpx.AsyncClient(base_url=server.http, headers=_bearer(server)) as http:
+        page = await http.get("/rooms/edge/messages", params={"before": MAX_POSITION})
+        marked = await http.post("/users/me/notifications/read", json={"up_to": MAX_POSITION})
+    assert page.status_code == 200, page.text
+    assert [e["event_id"] for e in page.json()["events"]][-1:] == ids
+    assert marked.status_code == 200, marked.text
