@@ -3,13 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 
 from productflo.auth import mint
+from productflo.database import DatabaseUrl
+from productflo.events import store
+from productflo.events.models import MAX_POSITION, RecordedEvent
 from productflo.handlers.mentions import mentioned
+from productflo.projections.notifications import (
+    NOTIFICATION_TYPE,
+    READ_TYPE,
+    Notification,
+    Notifications,
+    fold,
+)
 from tests.conftest import ServerThread
 
 pytestmark = pytest.mark.anyio
@@ -84,10 +97,7 @@ async def test_notifications_are_listed_and_marked_read(connect: Any, server: Se
             "/users/me/notifications/read", json={"up_to": listed[1]["event_id"]}
         )
         assert marked.status_code == 200
-    async with asyncio.timeout(10):
-        while len(await _listed(server, "bob", unread="true")) != 1:
-            await asyncio.sleep(0.05)
-    [unread] = await _listed(server, "bob", unread="true")
+    [unread] = await _listed(server, "bob", unread="true")  # at once: the read is in the log
     assert unread["event_id"] == listed[0]["event_id"]
 
 
@@ -110,3 +120,118 @@ async def test_notifications_need_a_token(server: ServerThread) -> None:
         assert (
             await http.post("/users/me/notifications/read", json={"up_to": 1})
         ).status_code == 401
+
+
+# -- the fold, and reads that are never behind what was delivered ------------------------------
+
+_T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def _event(position: int, kind: str, **data: Any) -> RecordedEvent:
+    return RecordedEvent(
+        position,
+        uuid.uuid4(),
+        "user:bob",
+        position,
+        kind,
+        data,
+        {},
+        _T0 + timedelta(seconds=position),
+    )
+
+
+def _note(position: int) -> RecordedEvent:
+    return _event(position, NOTIFICATION_TYPE, message=f"n{position}", details={"room_id": "r"})
+
+
+def _read(position: int, up_to: Any) -> RecordedEvent:
+    return _event(position, READ_TYPE, up_to=up_to)
+
+
+def _at(position: int) -> datetime:
+    return _T0 + timedelta(seconds=position)
+
+
+def test_a_read_marks_the_unread_notifications_up_to_its_position_at_its_time() -> None:
+    folded = fold([], [_note(1), _note(2), _read(3, up_to=1), _note(4), _read(5, up_to=4)])
+    assert [(n.position, n.read_at) for n in folded] == [(4, _at(5)), (2, _at(5)), (1, _at(3))]
+
+
+def test_a_read_marks_nothing_that_comes_after_it_whatever_its_up_to() -> None:
+    folded = fold([], [_note(1), _read(2, up_to=10**30), _note(3), _read(4, up_to="x")])
+    assert [(n.position, n.read_at) for n in folded] == [(3, None), (1, _at(2))]
+
+
+def test_folding_the_rest_of_the_log_into_rows_gives_the_same_as_folding_it_all() -> None:
+    events = [_note(1), _note(2), _read(3, up_to=2), _note(4), _read(5, up_to=4), _note(6)]
+    for cut in range(len(events) + 1):
+        assert fold(fold([], events[:cut]), events[cut:]) == fold([], events), cut
+
+
+async def test_the_projection_builds_what_the_fold_gives(database_url: DatabaseUrl) -> None:
+    """Batches that part a notification from the read that marks it, one per event included."""
+    events = [_note(1), _note(2), _read(3, up_to=1), _note(4), _read(5, up_to=MAX_POSITION)]
+    events += [_note(6), _note(7), _read(8, up_to=6), _note(9)]
+    connection = await store.connect(database_url.dsn)
+    projection = Notifications()
+    try:
+        for size in (1, 2, 3, len(events)):
+            suffix = f"_by_{size}"
+            for statement in projection.create(suffix):
+                await connection.execute(statement)
+            for start in range(0, len(events), size):
+                async with connection.transaction():
+                    await projection.apply(connection, events[start : start + size], suffix)
+            rows = await connection.fetch(
+                f"SELECT position, data, created_at, read_at FROM notifications{suffix} "
+                "ORDER BY position DESC"
+            )
+            built = [
+                Notification(r["position"], r["data"], r["created_at"], r["read_at"]) for r in rows
+            ]
+            assert built == fold([], events), size
+    finally:
+        await connection.close()
+
+
+async def test_a_notification_delivered_live_is_listed_and_read_while_the_projection_is_behind(
+    connect: Any, server: ServerThread
+) -> None:
+    """The notifications projection is held back by a lock on its table: the listing reads
+    what it has not applied from the log."""
+    holder = await asyncpg.connect(server.database.dsn)
+    try:
+        async with holder.transaction():
+            # Reads go on; the projection's writes wait for the lock.
+            await holder.execute("LOCK TABLE notifications IN EXCLUSIVE MODE")
+            bob = await connect("/ws?user_id=bob")
+            alice = await connect("/ws?user_id=alice")
+            await alice.chat("design", "@bob while the projection is behind")
+            note = await bob.recv_code("notification")
+            applied = await holder.fetchval(
+                "SELECT position FROM projection_checkpoints WHERE name = 'notifications'"
+            )
+            assert applied < note["event_id"], "the projection was not held back"
+
+            [listed] = await _listed(server, "bob")
+            assert listed["event_id"] == note["event_id"] and listed["read"] is False
+            assert listed["details"] == note["data"]["details"]
+            assert [n["event_id"] for n in await _listed(server, "bob", unread="true")] == [
+                note["event_id"]
+            ]
+
+            headers = {"Authorization": f"Bearer {mint(server.settings, 'bob')}"}
+            async with httpx.AsyncClient(base_url=server.http, headers=headers) as http:
+                marked = await http.post(
+                    "/users/me/notifications/read", json={"up_to": note["event_id"]}
+                )
+                assert marked.status_code == 200, marked.text
+            assert await _listed(server, "bob", unread="true") == []
+            [read] = await _listed(server, "bob")
+            assert read["event_id"] == note["event_id"] and read["read"] is True
+            assert (
+                await holder.fetchval("SELECT count(*) FROM notifications WHERE user_id = 'bob'")
+                == 0
+            ), "the projection applied the notification: the test shows nothing"
+    finally:
+        await holder.close()

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated
 
-import asyncpg
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from pydantic import BaseModel, Field
 
-from productflo import history
+from productflo import history, notifications
 from productflo.access import Action, claim_allows, refusal
 from productflo.auth import Claims, TokenVerifier
-from productflo.envelopes import MAX_HISTORY_LIMIT, Identifier, iso
+from productflo.envelopes import MAX_HISTORY_LIMIT, Identifier
 from productflo.errors import AuthenticationFailed, StoreError
 from productflo.events.models import MAX_POSITION, JsonObject, NewEvent, user_stream
 from productflo.hub import Hub
@@ -67,34 +66,12 @@ async def my_notifications(
     A token with a `rooms` claim lists only notifications about those rooms (or about none), as
     it receives them live: the page may then hold fewer than `limit`."""
     hub: Hub = request.app.state.hub
-    rows = await hub.store.fetch(
-        """
-        SELECT position, data, created_at, read_at FROM notifications
-        WHERE user_id = $1 AND ($2 = false OR read_at IS NULL)
-        ORDER BY position DESC LIMIT $3
-        """,
-        user.subject,
-        unread,
-        limit,
-    )
-    listed = [row for row in rows if (room := _about(row)) is None or claim_allows(user, room)]
-    return {"notifications": [_notification(row) for row in listed]}
-
-
-def _about(row: asyncpg.Record) -> str | None:
-    """The room a notification is about, if any."""
-    details = row["data"].get("details")
-    room = details.get("room_id") if isinstance(details, dict) else None
-    return room if isinstance(room, str) else None
-
-
-def _notification(row: asyncpg.Record) -> JsonObject:
-    return {
-        "event_id": row["position"],
-        **row["data"],
-        "created_at": iso(row["created_at"]),
-        "read": row["read_at"] is not None,
-    }
+    try:
+        found = await notifications.listing(hub.store, user.subject, unread=unread, limit=limit)
+    except StoreError:
+        raise HTTPException(503, "the event log is unavailable; try again") from None
+    listed = [n for n in found if (room := n.room_id) is None or claim_allows(user, room)]
+    return {"notifications": [n.as_json() for n in listed]}
 
 
 class ReadUpTo(BaseModel):
