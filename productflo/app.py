@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import FastAPI, Response
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -15,10 +16,12 @@ from productflo.ai.assistant import Assistant
 from productflo.ai.providers import create_provider
 from productflo.auth import TokenVerifier
 from productflo.database import DatabaseUrl, resolve
+from productflo.envelopes import FIELD_RULES
 from productflo.errors import CloseCode, StoreError
 from productflo.events.store import EventStore
 from productflo.handlers.mentions import Mentions
 from productflo.hub import Hub
+from productflo.jsontext import describe, safe_location
 from productflo.projections import PROJECTIONS
 from productflo.projections.framework import Runner
 from productflo.settings import Settings
@@ -76,6 +79,12 @@ def create_app(settings: Settings, database: DatabaseUrl) -> FastAPI:
             socketio_app=socketio_transport.asgi_app(sio),
         )
 
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_request: Request, error: RequestValidationError) -> JSONResponse:
+        """422 in our own words: where, what rule, and the error type the OpenAPI document
+        promises; never the input, a pattern, a model name or a pydantic URL."""
+        return JSONResponse({"detail": [_detail(item) for item in error.errors()]}, 422)
+
     @app.get("/", include_in_schema=False)
     async def web_client() -> FileResponse:
         """A minimal browser client of the native protocol."""
@@ -100,6 +109,26 @@ def create_app(settings: Settings, database: DatabaseUrl) -> FastAPI:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+# Parameters whose whole rule is told, whatever way a value breaks it (jsontext.describe).
+_HTTP_RULES = {
+    "room_id": FIELD_RULES["room_id"],
+    "since": "since must be an ISO 8601 date and time (e.g. 2026-11-26T12:00:00Z)",
+    "until": "until must be an ISO 8601 date and time (e.g. 2026-11-26T12:00:00Z)",
+}
+
+
+def _detail(error: Mapping[str, object]) -> dict[str, object]:
+    location = safe_location(error.get("loc"))
+    # ("query", "limit") is told as "limit"; a lone ("body",) as itself.
+    field = {**error, "loc": location[1:] if len(location) > 1 else location}
+    error_type = error.get("type")
+    return {
+        "loc": location,
+        "msg": describe(field, _HTTP_RULES),
+        "type": error_type if isinstance(error_type, str) else "invalid",
+    }
 
 
 def create_app_from_environment() -> FastAPI:

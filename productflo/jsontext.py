@@ -223,6 +223,10 @@ def describe(error: Mapping[str, object], rules: Mapping[str, str] | None = None
         return rules[field]
     where = ".".join(str(part) for part in location) or "message"
     error_type = error.get("type")
+    if error_type == "value_error":
+        told = _validator_message(error)
+        if told is not None:
+            return told
     template = _BY_TYPE.get(error_type, "") if isinstance(error_type, str) else ""
     context = error.get("ctx")
     bounds = {
@@ -236,6 +240,20 @@ def describe(error: Mapping[str, object], rules: Mapping[str, str] | None = None
         return template.format(where=where, **bounds) if template else f"{where} is not valid"
     except KeyError:  # a bound the template names is missing from this error's context
         return f"{where} is not valid"
+
+
+def _validator_message(error: Mapping[str, object]) -> str | None:
+    """What one of our validators said (a ValueError it raised), unless it quotes the input."""
+    context = error.get("ctx")
+    raised = context.get("error") if isinstance(context, Mapping) else None
+    if isinstance(raised, ValueError):
+        message = str(raised)
+    else:
+        msg = error.get("msg")
+        message = msg.removeprefix("Value error, ") if isinstance(msg, str) else ""
+    given = error.get("input")
+    quoted = isinstance(given, str) and given != "" and given in message
+    return message if message and not quoted and is_storable(message) else None
 
 
 def safe_location(loc: object) -> list[str | int]:

@@ -10,7 +10,7 @@ import pytest
 from productflo.envelopes import Audience, Inbound, client_msg_id_in, parse_inbound, render_event
 from productflo.errors import ErrorCode, ProtocolError
 from productflo.events.models import MAX_POSITION, RecordedEvent
-from productflo.jsontext import MAX_DEPTH, is_storable, storable
+from productflo.jsontext import MAX_DEPTH, describe, is_storable, storable
 
 
 def refused(frame: str | bytes, user: str = "u1") -> ProtocolError:
@@ -256,3 +256,14 @@ def test_validation_messages_never_echo_a_model_a_pattern_or_the_input() -> None
         message = refused(frame).message
         for internal in ("Input should", "Inbound", "A-Za-z", "^", "secret-input", "<script>"):
             assert internal not in message, (frame, message)
+
+
+def test_describe_keeps_a_validators_words_unless_they_quote_the_input() -> None:
+    ours = {"type": "value_error", "loc": ("query",), "msg": "Value error, a before b", "input": {}}
+    assert describe(ours) == "a before b"
+    quoting = {"type": "value_error", "loc": ("t",), "msg": "Value error, 'zz' bad", "input": "zz"}
+    assert describe(quoting) == "t is not valid"
+    assert describe({"type": "less_than_equal", "loc": ("limit",), "ctx": {"le": 5}}) == (
+        "limit must be at most 5"
+    )
+    assert describe({"type": "missing", "loc": ("body", "k\u0000", "x")}) == "body.x is required"
