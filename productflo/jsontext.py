@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 from productflo.errors import ErrorCode, ProtocolError
@@ -46,6 +46,7 @@ _UNSTORABLE = "Text may not contain NUL characters or lone surrogates"
 # sign included) is below 1e308, so only longer ones need the exact check.
 _SHORT_INT = 309
 _UNSTORABLE_CHARACTER = re.compile("[\x00\ud800-\udfff]")
+_CONTAINERS = (dict, list, tuple)
 
 
 class _NotFinite(ValueError):
@@ -103,6 +104,11 @@ def decode_object(frame: str | bytes, *, echo: Echo | None = None) -> dict[str, 
         raise ProtocolError(ErrorCode.INVALID_JSON, _NOT_JSON) from None
     if not isinstance(value, dict):
         raise ProtocolError(ErrorCode.INVALID_JSON, "The message must be a JSON object")
+    # The text holds no raw NUL or surrogate (checked above): only a \u escape can put one in a
+    # decoded string, and no value can nest deeper than the text has brackets. Most frames have
+    # no escape and few brackets: they skip the walk.
+    if "\\u" not in text and text.count("{") + text.count("[") <= MAX_DEPTH:
+        return value
     problem = _problem(value, MAX_DEPTH)
     if problem is not None:
         client_msg_id = echo(value) if echo is not None else None
@@ -147,23 +153,22 @@ def _problem(value: object, max_depth: int | None) -> str | None:
     Iterative, so that no nesting can exhaust the stack."""
     if isinstance(value, str):
         return None if _storable_text(value) else _UNSTORABLE
-    if not isinstance(value, dict | list | tuple):
+    if not isinstance(value, _CONTAINERS):
         return None
-    stack: list[tuple[dict[Any, Any] | list[Any] | tuple[Any, ...], int]] = [(value, 1)]
+    stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
         node, depth = stack.pop()
         if max_depth is not None and depth > max_depth:
             return _TOO_DEEP
-        items: Iterable[Any] = node
         if isinstance(node, dict):
             if not all(_storable_text(key) for key in node if isinstance(key, str)):
                 return _UNSTORABLE
-            items = node.values()
-        for item in items:
+            node = node.values()
+        for item in node:
             if isinstance(item, str):
                 if not _storable_text(item):
                     return _UNSTORABLE
-            elif isinstance(item, dict | list | tuple):
+            elif isinstance(item, _CONTAINERS):
                 stack.append((item, depth + 1))
     return None
 

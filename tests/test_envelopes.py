@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import UTC, datetime
 
@@ -267,3 +268,11 @@ def test_describe_keeps_a_validators_words_unless_they_quote_the_input() -> None
         "limit must be at most 5"
     )
     assert describe({"type": "missing", "loc": ("body", "k\u0000", "x")}) == "body.x is required"
+
+
+def test_brackets_and_escapes_inside_strings_are_only_text() -> None:
+    """Frames with many brackets or a \\u escape are walked; their strings are not nesting."""
+    message = "[{" * 100 + " caf\u00e9 \\u0000 (a backslash, then u0000)"
+    frame = json.dumps({"code": "chat", "room_id": "r", "data": {"message": message}})
+    assert "\\u00e9" in frame and frame.count("[") > MAX_DEPTH
+    assert parse_inbound(frame, "u1").data.message == message
