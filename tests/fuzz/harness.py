@@ -597,10 +597,8 @@ class Harness:
         logged = {event["event_id"] for event in events}
         for ack in self.acknowledged:
             if ack.event_id not in logged:
-                self.tally.acked_missing += 1
-                self.problem(
-                    "wrong", ack.frame, f"event {ack.event_id} was acknowledged, not logged"
-                )
+                description = f"event {ack.event_id} was acknowledged, not logged"
+                self.problem("acked_missing", ack.frame, description)
         audited = Counter(
             event["code"]
             for event in events
