@@ -37,6 +37,7 @@ from typing import Annotated, Any, Self
 import asyncpg
 import asyncpg.pool
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -49,6 +50,7 @@ from productflo.envelopes import Identifier, iso
 from productflo.errors import StoreError, StoreUnavailable
 from productflo.events.models import MAX_POSITION, JsonObject, RecordedEvent, room_stream
 from productflo.events.store import EventStore
+from productflo.jsontext import is_storable
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
@@ -92,8 +94,17 @@ def parse_time(value: object) -> datetime:
 
 
 Timestamp = Annotated[datetime, BeforeValidator(parse_time)]
-UserId = Annotated[str, StringConstraints(min_length=1, max_length=128)]
-Code = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+
+
+def _storable(value: str) -> str:
+    # Text PostgreSQL cannot hold is no filter of anything it holds: a 422, not a failed query.
+    if not is_storable(value):
+        raise ValueError("may not contain NUL characters or lone surrogates")
+    return value
+
+
+UserId = Annotated[str, StringConstraints(min_length=1, max_length=128), AfterValidator(_storable)]
+Code = Annotated[str, StringConstraints(min_length=1, max_length=64), AfterValidator(_storable)]
 
 
 class AuditFilter(BaseModel):

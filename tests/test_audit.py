@@ -313,6 +313,8 @@ async def test_both_forms_of_the_admin_claim_are_admin(server: ServerThread) -> 
         ("room_id=no%20spaces", "room_id"),
         ("code=", "code"),
         ("room=typo", "room"),
+        ("user_id=a%00b", "user_id"),  # text PostgreSQL cannot hold: no query, no 5xx
+        ("code=chat%00", "code"),
     ],
 )
 async def test_bad_parameters_are_422_naming_the_parameter(
