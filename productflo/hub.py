@@ -57,6 +57,7 @@ class Hub:
         self._looked_up = False  # whether the rooms of the batch being dispatched were looked up
         self._poll_interval = poll_interval
         self._sessions: dict[str, set[Session]] = defaultdict(set)
+        self._connections: dict[str, Session] = {}  # session id -> session
         self._rooms: dict[str, set[str]] = {}  # user -> rooms, for users connected here
         self._members: dict[str, set[str]] = defaultdict(set)  # room -> users connected here
         self._lock = asyncio.Lock()
@@ -101,6 +102,7 @@ class Hub:
                     self._members[room].add(user)
             readable = await self.access.readable(session.identity, self._rooms[user])
             self._sessions[user].add(session)
+            self._connections[session.id] = session
             metrics.CONNECTIONS.inc()
             return Attachment(frozenset(readable), self.dispatched)
 
@@ -110,6 +112,7 @@ class Hub:
         if group is None or session not in group:
             return
         group.discard(session)
+        self._connections.pop(session.id, None)
         metrics.CONNECTIONS.dec()
         if not group:
             del self._sessions[user]
@@ -175,10 +178,17 @@ class Hub:
                 recipients = {audience.name}
             room = event_room(event)
             outgoing = Outgoing(rendered.envelope)  # one envelope, encoded once, for everyone
+            sender = self._connections.get(event.metadata.get("connection_id", ""))
             for user in recipients:
                 for session in self._sessions.get(user, ()):
                     if room is None or self._may_read(session, room):
                         session.deliver(outgoing)
+                        if session is sender:
+                            sender = None
+            if sender is not None:
+                # The sender's copy is its acknowledgement, even where the event's audience
+                # leaves it out (a `leave` of a room it was not in): every message is answered.
+                sender.deliver(outgoing)
         if event.type == "leave":
             self._apply_membership(event)  # ... and the leaver their own leave
 

@@ -196,6 +196,26 @@ async def test_after_leave_a_user_receives_nothing_from_the_room(connect: Any) -
     assert await bob.nothing_within(0.5)
 
 
+async def test_leaving_a_room_one_is_not_in_is_acknowledged_to_the_sender_alone(
+    connect: Any,
+) -> None:
+    """Every message is answered: the stored leave comes back to the connection that sent it,
+    though nobody is a member it would be delivered to."""
+    alice = await connect("/ws?user_id=alice")
+    await alice.join("r")
+    phone = await connect("/ws?user_id=bob")
+    laptop = await connect("/ws?user_id=bob")
+    await phone.send({"code": "leave", "room_id": "r", "client_msg_id": "bye"})
+    ack = await phone.recv()
+    assert ack["client_msg_id"] == "bye" and "event_id" in ack
+    assert ack["data"]["details"] == {"action": "leave", "user_id": "bob", "room_id": "r"}
+    await alice.chat("r", "after")
+    await alice.recv_code("chat_response")
+    await phone.send({"code": "history", "room_id": "r"})  # answered after anything before it
+    assert (await phone.recv())["code"] == "history"
+    assert await laptop.nothing_within(0.2), "an answer, not a room event"
+
+
 async def test_membership_is_shared_by_a_users_connections(connect: Any) -> None:
     phone = await connect("/ws?user_id=bob")
     laptop = await connect("/ws?user_id=bob")
