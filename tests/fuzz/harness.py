@@ -271,6 +271,7 @@ class Acknowledged:
     code: str
     room: str | None
     frame: Frame
+    user: str
 
 
 @dataclass
@@ -279,7 +280,7 @@ class Harness:
 
     name: str
     ctx: Context
-    open_connection: Callable[[], Awaitable[Connection]]
+    open_connection: Callable[[str], Awaitable[Connection]]  # as the user named
     probe: Callable[[], Awaitable[Connection]]
     http: httpx.AsyncClient
     admin_token: str
@@ -288,12 +289,15 @@ class Harness:
     errors_logged: ServerErrors
     prefix: str
     connection: Connection | None = None
+    user: str = ""  # this batch's user
+    users: set[str] = field(default_factory=set)
     counter: itertools.count[int] = field(default_factory=itertools.count)
     answered: dict[str, str | None] = field(default_factory=dict)  # client_msg_id -> code
     acknowledged: list[Acknowledged] = field(default_factory=list)
     refused: Counter[str] = field(default_factory=Counter)  # error codes answered
     refused_events: Counter[str] = field(default_factory=Counter)  # of which Socket.IO events
     problems: list[str] = field(default_factory=list)  # this batch's
+    sent_before: list[str] = field(default_factory=list)  # labels of this batch's earlier frames
 
     # -- one batch ---------------------------------------------------------------------------
 
@@ -301,20 +305,36 @@ class Harness:
         """Send the drafts in lockstep; raise AssertionError listing what broke SPEC."""
         self.problems = []
         async with asyncio.timeout(BATCH_TIMEOUT):
+            await self.new_user()
+            self.sent_before = []
             for draft in drafts:
                 await self.exchange(draft)
+                self.sent_before.append(draft.label)
+            self.strays()
+            await self.drop_connection()
             await self.check_health()
         if self.problems and not census():
             raise AssertionError("\n".join(self.problems))
 
     def problem(self, kind: str, frame: Frame | None, description: str) -> None:
         shown = f" after {frame.draft!r}" if frame is not None else ""
+        if frame is not None and self.sent_before:
+            shown += f" (the batch sent before it: {'; '.join(self.sent_before)})"
         self.tally.fail(kind, f"{description}{shown}")
         self.problems.append(f"[{kind}] {description}{shown}")
 
+    async def new_user(self) -> None:
+        """A user of its own for each batch: no membership, no earlier client_msg_id."""
+        await self.drop_connection()
+        self.user = f"{self.prefix}-u{next(self.counter)}"
+        self.users.add(self.user)
+        connection = await self.current()
+        if connection.user_id != self.user:
+            self.problem("wrong", None, f"welcomed as {connection.user_id}, not {self.user}")
+
     async def current(self) -> Connection:
         if self.connection is None:
-            self.connection = await self.open_connection()
+            self.connection = await self.open_connection(self.user)
         return self.connection
 
     def fresh_cmid(self) -> str:
@@ -322,8 +342,8 @@ class Harness:
 
     def frame_for(self, draft: Draft) -> Frame | None:
         if draft.kind != "resend":
-            return draft.render(self.fresh_cmid())
-        chats = [ack for ack in self.acknowledged if ack.code == "chat"]
+            return draft.render(self.fresh_cmid(), self.user)
+        chats = [ack for ack in self.acknowledged if ack.code == "chat" and ack.user == self.user]
         if not chats:
             return None
         return chats[-1].frame
@@ -370,7 +390,7 @@ class Harness:
         body = {"code": "history", "room_id": self.ctx.rooms[0], "data": {"limit": 1}}
         template = json.dumps({**body, "client_msg_id": CMID})
         draft = Draft("sentinel", template, frozenset({ACK}), code="history", echo=True)
-        return draft.render(f"{self.prefix}-sentinel-{next(self.counter)}")
+        return draft.render(f"{self.prefix}-sentinel-{next(self.counter)}", self.user)
 
     async def answer_of(
         self, connection: Connection, frame: Frame, sentinel: Frame | None
@@ -413,11 +433,11 @@ class Harness:
         cmid = envelope.get("client_msg_id")
         error = _is_error(envelope)
         if sentinel is not None and cmid == sentinel.cmid:
-            if not _is_ack(envelope, "history", self.ctx.user_id):
+            if not _is_ack(envelope, "history", self.user):
                 self.problem("wrong", frame, f"the sentinel was refused: {text:.300}")
             return "sentinel"
         if frame.cmid is not None and cmid == frame.cmid:
-            if error or _is_ack(envelope, frame.draft.code, self.ctx.user_id):
+            if error or _is_ack(envelope, frame.draft.code, self.user):
                 return "answer"
             return "follow-up"  # the assistant's answer to a request, its progress logs
         if error:
@@ -430,7 +450,7 @@ class Harness:
                 return "answer"
             self.problem("wrong", frame, f"an error naming another client_msg_id: {text:.300}")
             return "late"
-        if cmid in self.answered and _is_ack(envelope, self.answered[cmid], self.ctx.user_id):
+        if cmid in self.answered and _is_ack(envelope, self.answered[cmid], self.user):
             self.problem("wrong", frame, f"a second acknowledgement of {cmid}: {text:.300}")
         return "other"
 
@@ -457,7 +477,7 @@ class Harness:
             self.problem("wrong", frame, f"error_code {error_code!r} is not in SPEC: {text:.300}")
         elif error_code in SERVER_FAULTS:
             self.problem("crashes", frame, f"{error_code} while the server is healthy: {text:.300}")
-        if envelope.get("user_id") != self.ctx.user_id:
+        if envelope.get("user_id") != self.user:
             self.problem("wrong", frame, f"an error not addressed to the user: {text:.300}")
 
     def record(
@@ -496,7 +516,8 @@ class Harness:
                 )
             return
         self.tally.acked += 1
-        self.acknowledged.append(Acknowledged(event_id, str(draft.code), draft.room, frame))
+        ack = Acknowledged(event_id, str(draft.code), draft.room, frame, self.user)
+        self.acknowledged.append(ack)
 
     async def check_callback(
         self, connection: Connection, frame: Frame, answer: Envelope | None, outcome: str
@@ -559,19 +580,24 @@ class Harness:
         body = {"code": "chat", "room_id": self.ctx.rooms[0], "data": {"message": "last"}}
         template = json.dumps({**body, "client_msg_id": CMID})
         draft = Draft("last word", template, frozenset({ACK}), code="chat", room=self.ctx.rooms[0])
+        await self.new_user()
         await self.exchange(replace(draft, message="last"))
-        if self.connection is not None:
-            for item in self.connection.pending():
-                if isinstance(item, tuple):
-                    self.stray(*item)
-            await self.drop_connection()
+        self.strays()
+        await self.drop_connection()
+
+    def strays(self) -> None:
+        """What came after every frame of the batch was answered must answer nothing."""
+        if self.connection is None:
+            return
+        for item in self.connection.pending():
+            if isinstance(item, tuple):
+                self.stray(*item)
 
     def stray(self, envelope: Envelope, text: str) -> None:
-        """An envelope that came after every frame was answered: it must answer nothing."""
         cmid = envelope.get("client_msg_id")
         if _is_error(envelope):
             self.problem("wrong", None, f"an error after every frame was answered: {text:.300}")
-        elif cmid in self.answered and _is_ack(envelope, self.answered[cmid], self.ctx.user_id):
+        elif cmid in self.answered and _is_ack(envelope, self.answered[cmid], self.user):
             self.problem("wrong", None, f"a second acknowledgement of {cmid}: {text:.300}")
 
     async def audit_log(self) -> list[Envelope] | None:
@@ -602,7 +628,7 @@ class Harness:
         audited = Counter(
             event["code"]
             for event in events
-            if event["type"] == "rejected" and event["user_id"] == self.ctx.user_id
+            if event["type"] == "rejected" and event["user_id"] in self.users
         )
         for code, count in (self.refused - audited).items():
             events = self.refused_events[code]
