@@ -25,7 +25,7 @@ test: $(STAMP) $(JS)/node_modules/.package-lock.json
 
 # The fuzz suites (tests/fuzz) alone, 20 times longer than in `make test`; the counts are printed
 # at the end. PRODUCTFLO_FUZZ_CENSUS=1 counts every failure instead of stopping at the first.
-FUZZ_EXAMPLES ?= 4000
+FUZZ_EXAMPLES ?= 8000
 fuzz: $(STAMP)
 	PRODUCTFLO_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest -q tests/fuzz $(PYTEST_ARGS)
 

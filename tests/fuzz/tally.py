@@ -11,7 +11,7 @@ import os
 from collections import Counter
 from dataclasses import dataclass, field
 
-DEFAULT_EXAMPLES = 200
+DEFAULT_EXAMPLES = 400
 
 
 def examples() -> int:
