@@ -10,6 +10,14 @@ Each event handler runs in a task of its own (so that waiting for an answer hold
 client's next messages nor its pings), and the first thing it does, before it awaits anything, is
 put the frame in its connection's inbox: python-socketio starts the handlers in the order the
 packets came, so the inbox keeps that order, and one reader per connection feeds the session.
+
+What python-socketio would take other than a `message` with one argument is answered here (SPEC
+section 6: every frame gets one answer or a close): any other event name, the reserved ones
+included, is UNSUPPORTED_MESSAGE_TYPE; a `message` with no argument or several, or a packet
+nested too deep for the JSON parser, is INVALID_MESSAGE; a packet that is not Socket.IO at all
+closes the connection (1008). An Engine.IO packet over PRODUCTFLO_MAX_MESSAGE_BYTES closes it
+with 1009: over WebSocket the server (uvicorn's `ws_max_size`) closes the socket with that code,
+over HTTP long-polling the last envelope says so (`closing_envelope`).
 """
 
 from __future__ import annotations
@@ -22,14 +30,23 @@ from http.cookies import SimpleCookie
 from typing import Any
 from urllib.parse import parse_qs
 
+import engineio.json
 import socketio
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from productflo import metrics
 from productflo.auth import TokenVerifier, check_origin
 from productflo.envelopes import error_envelope, system_envelope
-from productflo.errors import AuthenticationFailed, CloseCode, ForbiddenOrigin, ProtocolError
+from productflo.errors import (
+    AuthenticationFailed,
+    CloseCode,
+    ErrorCode,
+    ForbiddenOrigin,
+    ProtocolError,
+)
 from productflo.events.models import JsonObject
-from productflo.session import Identity, Resume, Session
+from productflo.jsontext import storable
+from productflo.session import Answer, Identity, Resume, Session
 from productflo.settings import Settings
 from productflo.transports.native import generated_user_id, id_problem
 
@@ -40,6 +57,116 @@ OPEN_TIMEOUT = 10.0  # longest wait for the Socket.IO handshake to finish before
 # Frames waiting for the session (it reads them at its own pace, MAX_IN_FLIGHT appends at a time);
 # a client this far ahead is flooding, and is closed as the native endpoint would close it.
 INBOX_LIMIT = 1000
+EVENT = "message"  # the one event a client emits (SPEC section 3)
+
+# What the reader hands the session: a frame, or the refusal of one the transport could not take.
+Inbound = str | bytes | ProtocolError
+
+_FAILED = ProtocolError(
+    ErrorCode.FAILED_TO_PROCESS_MESSAGE,
+    "The message could not be processed; it was not delivered. Try again.",
+)
+
+
+class _TooDeep:
+    """What `PacketJson.loads` gives for JSON nested deeper than the parser can go."""
+
+    def __repr__(self) -> str:
+        return "<JSON nested too deep>"
+
+
+TOO_DEEP = _TooDeep()
+
+
+class PacketJson:
+    """The JSON module python-socketio and python-engineio decode packets with (`json=`).
+
+    It is engineio.json (integers of at most 100 digits), but for nesting too deep for the
+    parser: that RecursionError would escape python-socketio's decoding (the packet would never
+    be answered, a traceback logged), and python-engineio's too (its WebSocket reader would end
+    with the exception). `loads` gives TOO_DEEP instead, which `_Server` answers with
+    INVALID_MESSAGE. Set through `json=`, it is the libraries' for the whole process: they keep
+    it on their packet classes."""
+
+    dumps = staticmethod(engineio.json.dumps)
+
+    @staticmethod
+    def loads(text: str | bytes, **options: Any) -> Any:
+        try:
+            return engineio.json.loads(text, **options)
+        except RecursionError:
+            return TOO_DEEP
+
+
+def event_refusal(data: object) -> ProtocolError | None:
+    """Why a client's EVENT packet (its decoded data: the event name, then the arguments) is not
+    a `message` with one argument; None when it is."""
+    if data is TOO_DEEP:
+        return ProtocolError(ErrorCode.INVALID_MESSAGE, "The message is nested too deep")
+    if not isinstance(data, list) or not data or not isinstance(data[0], str):
+        return ProtocolError(ErrorCode.INVALID_MESSAGE, "An event is a name and its arguments")
+    if data[0] != EVENT:
+        name = storable(data[0][:64])
+        return ProtocolError(
+            ErrorCode.UNSUPPORTED_MESSAGE_TYPE,
+            f"Unsupported Socket.IO event: {name!r}; the event is {EVENT!r}",
+        )
+    if len(data) != 2:
+        return ProtocolError(
+            ErrorCode.INVALID_MESSAGE, f"The {EVENT!r} event takes one argument: the message"
+        )
+    return None
+
+
+# What python-socketio raises for a packet it cannot decode or take: ValueError for a packet
+# type, id, attachment count or JSON it cannot read, the others for binary placeholders that
+# point nowhere (and for nesting too deep to put the attachments back).
+_UNDECODABLE = (ValueError, TypeError, LookupError, RecursionError)
+
+
+class _Server(socketio.AsyncServer):  # type: ignore[misc]
+    """python-socketio's server, with every packet a client sends answered or refused.
+
+    python-socketio dispatches a client's EVENT by its name alone, reserved names included: an
+    emitted `disconnect` ran our disconnect handler (the session finished under a live socket),
+    an emitted `connect` our connect handler with the wrong arguments, and an unknown name was
+    dropped. A catch-all handler (`on("*")`) never sees the reserved names, so the hook is
+    `_handle_event`, where every client EVENT and BINARY_EVENT passes before a handler is
+    chosen, and only those (connect and disconnect come through `_handle_connect` and
+    `_handle_disconnect`). Whatever is not a `message` with one argument is handed to the
+    `message` handler as its refusal, so that it is answered in its turn through the same
+    inbox, acknowledgement included, as every other frame."""
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(json=PacketJson, **options)
+        self.connections: dict[str, _Connection] = {}
+
+    async def _handle_event(
+        self, eio_sid: str, namespace: str | None, id: int | None, data: Any
+    ) -> None:
+        refusal = event_refusal(data)
+        if refusal is not None:
+            data = [EVENT, refusal]
+        await super()._handle_event(eio_sid, namespace, id, data)
+
+    async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
+        try:
+            await super()._handle_eio_message(eio_sid, data)
+        except _UNDECODABLE as failure:
+            # Not Socket.IO: nothing in it can be answered. python-engineio would log the
+            # exception with its traceback and read on.
+            problem = type(failure).__name__
+            log.info("socket.io %s sent an undecodable packet (%s)", eio_sid, problem)
+            await self.close_connection(eio_sid, CloseCode.POLICY_VIOLATION, "invalid packet")
+
+    async def close_connection(self, eio_sid: str, code: int, reason: str) -> None:
+        """Close a client's connection with a close code, told as its last envelope when it has
+        a session; the Engine.IO connection alone when it has none yet."""
+        connection = self.connections.get(self.manager.sid_from_eio_sid(eio_sid, "/") or "")
+        if connection is not None:
+            connection.session.request_close(code, reason)
+        elif eio_sid in self.eio.sockets:
+            await self.eio.disconnect(eio_sid)
 
 
 class SocketIOTransport:
@@ -75,7 +202,7 @@ class _Connection:
         self.session = session
         self.opened: asyncio.Task[None] | None = None
         self.reader: asyncio.Task[None] | None = None
-        self.inbox: asyncio.Queue[tuple[str | bytes, asyncio.Future[JsonObject | None]]] = (
+        self.inbox: asyncio.Queue[tuple[Inbound, asyncio.Future[JsonObject | None]]] = (
             asyncio.Queue()
         )
         self.unanswered: set[asyncio.Future[JsonObject | None]] = set()
@@ -87,8 +214,24 @@ class _Connection:
         if self.opened.cancelled() or self.opened.exception() is not None:
             return  # the client went away, or open_session logged and disconnected
         while True:
-            frame, answer = await self.inbox.get()
-            await self.session.receive(frame, functools.partial(_settle, answer))
+            item, answer = await self.inbox.get()
+            answered = functools.partial(_settle, answer)
+            if isinstance(item, ProtocolError):
+                self.refuse(item, answered)
+                continue
+            try:
+                await self.session.receive(item, answered)
+            except Exception:  # a bug: logged, the frame answered, and the reader reads on
+                log.exception("socket.io session %s could not take a frame", self.session.id)
+                if not answer.done():
+                    self.refuse(_FAILED, answered)
+
+    def refuse(self, error: ProtocolError, answered: Answer) -> None:
+        """Answer a frame the transport refused itself (see the module docstring)."""
+        metrics.MESSAGES_REJECTED.labels(error.error_code).inc()
+        refusal = error_envelope(self.session.user_id, error)
+        self.session.deliver(refusal)
+        answered(refusal)
 
     def close(self) -> None:
         """The client is gone: nothing it sent is waiting for an answer any more."""
@@ -149,9 +292,9 @@ def identify(
     return Identity(user_id=named or generated_user_id(), authenticated=False)
 
 
-def create_server(app_state: Any, settings: Settings) -> socketio.AsyncServer:
+def create_server(app_state: Any, settings: Settings) -> _Server:
     """The Socket.IO server; `app_state` is the FastAPI app's state (hub, verifier)."""
-    sio = socketio.AsyncServer(
+    sio = _Server(
         async_mode="asgi",
         # Same origin unless PRODUCTFLO_ALLOWED_ORIGINS names the allowed ones.
         cors_allowed_origins=settings.allowed_origins or None,
@@ -159,10 +302,13 @@ def create_server(app_state: Any, settings: Settings) -> socketio.AsyncServer:
         async_handlers=True,
         ping_interval=settings.socketio_ping_interval,
         ping_timeout=settings.socketio_ping_timeout,
+        # What one Engine.IO packet may hold: a frame's limit, as on the native endpoint (over
+        # HTTP long-polling, `asgi_app` closes with 1009 before python-engineio would refuse it).
+        max_http_buffer_size=settings.max_message_bytes,
         logger=False,
         engineio_logger=False,
     )
-    connections: dict[str, _Connection] = {}
+    connections = sio.connections
 
     async def open_session(sid: str, connection: _Connection, resume: object) -> None:
         # The welcome must follow the CONNECT packet, which is sent after the connect handler.
@@ -182,6 +328,8 @@ def create_server(app_state: Any, settings: Settings) -> socketio.AsyncServer:
             session.deliver(error_envelope(session.user_id, resume))
 
     async def connect(sid: str, environ: dict[str, Any], auth: Any = None) -> None:
+        if auth is TOO_DEEP:
+            raise socketio.exceptions.ConnectionRefusedError("auth is nested too deep")
         fields: dict[str, Any] = auth if isinstance(auth, dict) else {}
         identity = identify(settings, app_state.verifier, environ, fields)
         query = _query(environ)
@@ -210,14 +358,25 @@ def create_server(app_state: Any, settings: Settings) -> socketio.AsyncServer:
         if connection.inbox.qsize() >= INBOX_LIMIT:
             connection.session.request_close(CloseCode.POLICY_VIOLATION, "too many messages")
             return None
-        frame = data if isinstance(data, str | bytes) else json.dumps(data)
         answer: asyncio.Future[JsonObject | None] = asyncio.get_running_loop().create_future()
         connection.unanswered.add(answer)
-        connection.inbox.put_nowait((frame, answer))
+        connection.inbox.put_nowait((_inbound(data), answer))
         try:
             return await answer
         finally:
             connection.unanswered.discard(answer)
+
+    def _inbound(data: object) -> Inbound:
+        """The frame a `message` argument stands for (a string is one already), or its refusal
+        (`_Server._handle_event`, or data that has no JSON text)."""
+        if isinstance(data, str | bytes | ProtocolError):
+            return data
+        try:
+            # Not ASCII-escaped: the frame is measured against PRODUCTFLO_MAX_MESSAGE_BYTES
+            # about as long as it came, not six characters for each accented letter.
+            return json.dumps(data, ensure_ascii=False)
+        except (TypeError, RecursionError):  # bytes inside it (binary attachments), or too deep
+            return ProtocolError(ErrorCode.INVALID_MESSAGE, "The message must be JSON")
 
     async def disconnect(sid: str, reason: Any = None) -> None:
         connection = connections.pop(sid, None)
@@ -250,6 +409,69 @@ class SocketIODispatch:
         await self.app(scope, receive, send)
 
 
-def asgi_app(sio: socketio.AsyncServer) -> ASGIApp:
-    app: ASGIApp = socketio.ASGIApp(sio, socketio_path=PATH.strip("/"))
-    return app
+def asgi_app(sio: _Server) -> ASGIApp:
+    return _SocketIOApp(sio)
+
+
+_PACKET_TYPES = frozenset("0123456789")
+_DRAINED = 16  # of an oversized POST, at most this many times the limit is read before answering
+
+
+class _SocketIOApp:
+    """python-socketio's ASGI app, with two kinds of request taken before python-engineio sees
+    them: a long-polling POST over its `max_http_buffer_size`, which it would answer 400 and
+    drop the connection without a word, and a WebSocket text frame it cannot read the packet type
+    of (empty, or not a digit), which it reads outside its error handling."""
+
+    def __init__(self, sio: _Server) -> None:
+        self._sio = sio
+        self._limit: int = sio.eio.max_http_buffer_size
+        self._app = socketio.ASGIApp(sio, socketio_path=PATH.strip("/"))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and _length(scope) > self._limit:
+            await self._too_big(scope, receive, send)
+            return
+        if scope["type"] == "websocket":
+            receive = _packets_only(receive)
+        await self._app(scope, receive, send)
+
+    async def _too_big(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A frame over PRODUCTFLO_MAX_MESSAGE_BYTES: the session closes with 1009, its last
+        envelope saying so (on the GET the client is polling with), as the native endpoint
+        closes; the POST itself is answered as taken, so that the client reads that envelope
+        rather than failing its transport first."""
+        sid = parse_qs(scope["query_string"].decode("latin-1")).get("sid", [""])[0]
+        await self._sio.close_connection(sid, CloseCode.MESSAGE_TOO_BIG, "message too big")
+        # Read the body (and drop it) before answering, up to a bound: a client still sending
+        # it would take an early answer for a failed request, and fail its transport first.
+        message, drained = await receive(), 0
+        while message.get("more_body") and drained < _DRAINED * self._limit:
+            drained += len(message.get("body", b""))
+            message = await receive()
+        headers = [(b"content-type", b"text/plain; charset=UTF-8")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"OK"})
+
+
+def _length(scope: Scope) -> int:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            return int(value) if value.isdigit() else 0
+    return 0
+
+
+def _packets_only(receive: Receive) -> Receive:
+    """`receive`, but a text frame that does not start with an Engine.IO packet type ends the
+    connection as the client's close would: python-engineio would raise from its WebSocket
+    reader, a traceback in the log and the socket left to its ping timeout."""
+
+    async def checked() -> Message:
+        message = await receive()
+        text = message.get("text") if message["type"] == "websocket.receive" else None
+        if text is not None and text[:1] not in _PACKET_TYPES:
+            log.info("socket.io: a WebSocket frame that is not Engine.IO; closing")
+            return {"type": "websocket.disconnect", "code": CloseCode.POLICY_VIOLATION}
+        return message
+
+    return checked

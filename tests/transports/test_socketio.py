@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -10,6 +12,9 @@ from typing import Any
 import httpx
 import pytest
 import socketio
+from websockets.asyncio.client import ClientConnection
+from websockets.asyncio.client import connect as ws_connect
+from websockets.exceptions import ConnectionClosed
 
 from productflo.auth import mint
 from productflo.envelopes import WELCOME_MESSAGE
@@ -288,3 +293,304 @@ async def test_a_server_side_close_says_why_before_disconnecting(start_server: A
         await asyncio.wait_for(disconnected.wait(), TIMEOUT)
     finally:
         await client.sio.disconnect()
+
+
+# -- what python-socketio would take other than a `message` with one argument ------------------
+
+
+def _server_errors(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """What the server logged at ERROR or with a traceback (its thread logs where tests do)."""
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+
+
+def _error_code(envelope: Any) -> Any:
+    assert isinstance(envelope, dict) and envelope["status"] == "error", envelope
+    return envelope["data"]["details"]["error_code"]
+
+
+HISTORY = {"code": "history", "room_id": "r-after"}
+
+
+@pytest.mark.parametrize("event", ["connect", "disconnect", "connect_error", "fly"])
+async def test_an_event_other_than_message_is_refused_and_the_connection_keeps_answering(
+    sio_connect: Any, event: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Reserved names included: an emitted `disconnect` used to finish the session under a
+    live socket (every later ack None), an emitted `connect` to fail its handler's task."""
+    client = await sio_connect(headers={"User-ID": "sio-user"})
+    await client.recv()
+
+    answer = await client.sio.call(event, {"code": "chat", "room_id": "r"}, timeout=TIMEOUT)
+    assert _error_code(answer) == "UNSUPPORTED_MESSAGE_TYPE"
+    assert (await client.recv()) == answer, "the refusal also comes as a message event"
+
+    await client.sio.emit(event)  # no callback: the refusal comes as a message event only
+    assert _error_code(await client.recv()) == "UNSUPPORTED_MESSAGE_TYPE"
+
+    page = await client.call(HISTORY)
+    assert page is not None and page["code"] == "history", page
+    assert client.sio.connected
+    assert _server_errors(caplog) == []
+
+
+@pytest.mark.parametrize("arguments", [(), ({"code": "chat"}, {"code": "chat"})], ids=["0", "2"])
+async def test_a_message_with_no_argument_or_two_is_invalid(
+    sio_connect: Any, arguments: tuple[Any, ...], caplog: pytest.LogCaptureFixture
+) -> None:
+    client = await sio_connect(headers={"User-ID": "sio-user"})
+    await client.recv()
+    answer = await client.sio.call("message", arguments or None, timeout=TIMEOUT)
+    assert _error_code(answer) == "INVALID_MESSAGE"
+    assert (await client.call(HISTORY))["code"] == "history"
+    assert _server_errors(caplog) == []
+
+
+def _nested(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+async def test_a_message_nested_350_deep_is_invalid_message(
+    sio_connect: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Deep enough to exhaust a recursive validator, shallow enough for the JSON parser."""
+    client = await sio_connect(headers={"User-ID": "sio-user"})
+    await client.recv()
+    deep: Any = []
+    for _ in range(350):
+        deep = [deep]
+    chat = {"code": "chat", "room_id": "r", "client_msg_id": "deep", "data": {"deep": deep}}
+    answer = await client.call(chat)
+    assert _error_code(answer) == "INVALID_MESSAGE"
+    assert answer["client_msg_id"] == "deep"
+    assert (await client.call(HISTORY))["code"] == "history"
+    assert _server_errors(caplog) == []
+
+
+async def test_a_number_json_does_not_have_is_invalid_json(sio_connect: Any) -> None:
+    """Socket.IO's packets are read by a parser that takes NaN; the message is not JSON."""
+    client = await sio_connect(headers={"User-ID": "sio-user"})
+    await client.recv()
+    chat = {"code": "chat", "room_id": "r", "data": {"message": "x", "n": float("nan")}}
+    assert _error_code(await client.call(chat)) == "INVALID_JSON"
+    assert (await client.call(HISTORY))["code"] == "history"
+
+
+class RawSocketIO:
+    """Engine.IO and Socket.IO spoken by hand over a WebSocket, for packets no client sends."""
+
+    def __init__(self, connection: ClientConnection) -> None:
+        self.connection = connection
+
+    @classmethod
+    async def open(cls, server: ServerThread) -> RawSocketIO:
+        raw = await cls.engineio(server)
+        await raw.send("40")
+        assert (await raw.recv()).startswith("40{"), "the Socket.IO connect packet"
+        welcome = await raw.recv()
+        assert welcome.startswith('42["message"') and WELCOME_MESSAGE in welcome, welcome
+        return raw
+
+    @classmethod
+    async def engineio(cls, server: ServerThread) -> RawSocketIO:
+        """Open at the Engine.IO level only: no Socket.IO CONNECT sent yet."""
+        url = f"{server.ws}/ws/?EIO=4&transport=websocket"
+        raw = cls(await ws_connect(url, max_size=None, open_timeout=TIMEOUT, close_timeout=1))
+        assert (await raw.recv()).startswith("0{"), "the Engine.IO open packet"
+        return raw
+
+    async def send(self, packet: str) -> None:
+        await self.connection.send(packet)
+
+    async def recv(self) -> str:
+        """The next packet that is not a ping (answered, as a client must)."""
+        while True:
+            packet = await asyncio.wait_for(self.connection.recv(), TIMEOUT)
+            assert isinstance(packet, str)
+            if packet != "2":
+                return packet
+            await self.connection.send("3")
+
+    async def ack(self, packet_id: int) -> Any:
+        """The argument of the acknowledgement of packet `packet_id`, skipping message events."""
+        prefix = f"43{packet_id}"
+        async with asyncio.timeout(TIMEOUT):
+            while not (packet := await self.recv()).startswith(prefix + "["):
+                pass
+        return json.loads(packet[len(prefix) :])[0]
+
+    async def until_disconnected(self) -> list[str]:
+        """The packets before the server's DISCONNECT."""
+        packets: list[str] = []
+        async with asyncio.timeout(TIMEOUT):
+            while (packet := await self.recv()) != "41":
+                packets.append(packet)
+        return packets
+
+    async def closed_with(self) -> tuple[int | None, list[str]]:
+        """The close code, and the packets that came before it."""
+        packets: list[str] = []
+        try:
+            async with asyncio.timeout(TIMEOUT):
+                while True:
+                    packets.append(await self.recv())
+        except ConnectionClosed as closed:
+            return (closed.rcvd.code if closed.rcvd else None), packets
+
+    async def close(self) -> None:
+        await self.connection.close()
+
+
+@pytest.fixture
+async def raw_connect(server: ServerThread) -> AsyncIterator[Any]:
+    opened: list[RawSocketIO] = []
+
+    async def open_raw(target: ServerThread = server) -> RawSocketIO:
+        raw = await RawSocketIO.open(target)
+        opened.append(raw)
+        return raw
+
+    yield open_raw
+    for raw in opened:
+        await raw.close()
+
+
+async def test_text_is_measured_as_it_was_sent_not_as_escaped_json(raw_connect: Any) -> None:
+    """40,000 bytes of accented letters, as a JavaScript client sends them: under
+    PRODUCTFLO_MAX_MESSAGE_BYTES as sent, though 120,000 characters once each letter is escaped
+    as JSON \\u00e9."""
+    raw = await raw_connect()
+    text = "é" * 20_000
+    chat = {"code": "chat", "room_id": "r-accents", "data": {"message": text}}
+    await raw.send("421" + json.dumps(["message", chat], ensure_ascii=False))
+    ack = await raw.ack(1)
+    assert ack["code"] == "chat_response", ack
+    assert ack["data"]["message"] == text
+
+
+@pytest.mark.parametrize("depth", [350, 5_000])
+async def test_a_packet_nested_deeper_than_the_parser_goes_is_answered(
+    raw_connect: Any, depth: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Past about 1,000 levels python-socketio's own JSON parser gives up (RecursionError): the
+    packet is still answered INVALID_MESSAGE, through its acknowledgement."""
+    raw = await raw_connect()
+    await raw.send(f'421["message",{{"code":"chat","room_id":"r","data":{_nested(depth)}}}]')
+    assert _error_code(await raw.ack(1)) == "INVALID_MESSAGE"
+    await raw.send(f"422{_nested(depth)}")  # not even an event name
+    assert _error_code(await raw.ack(2)) == "INVALID_MESSAGE"
+    await raw.send('423["message",{"code":"history","room_id":"r"}]')
+    assert (await raw.ack(3))["code"] == "history"
+    assert _server_errors(caplog) == []
+
+
+async def test_a_packet_nested_100000_deep_is_answered_where_the_limit_allows_it(
+    start_server: Any, connect_to: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = start_server(max_message_bytes=300_000)
+    raw = await RawSocketIO.open(server)
+    try:
+        await raw.send(f'421["message",{_nested(100_000)}]')
+        assert _error_code(await raw.ack(1)) == "INVALID_MESSAGE"
+        await raw.send('422["message",{"code":"history","room_id":"r"}]')
+        assert (await raw.ack(2))["code"] == "history"
+    finally:
+        await raw.close()
+    assert _server_errors(caplog) == []
+
+
+async def test_a_connect_whose_auth_is_nested_too_deep_is_refused(
+    server: ServerThread, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Not taken for a connection without auth: its token may be in there."""
+    raw = await RawSocketIO.engineio(server)
+    try:
+        await raw.send(f'40{{"token":{_nested(5_000)}}}')
+        refused = await raw.recv()
+        assert refused.startswith("44"), refused  # CONNECT_ERROR
+        assert json.loads(refused[2:]) == {"message": "auth is nested too deep"}
+    finally:
+        await raw.close()
+    assert _server_errors(caplog) == []
+
+
+@pytest.mark.parametrize("frame", ["x", ""], ids=["not a packet type", "empty"])
+async def test_a_frame_that_is_not_engineio_closes_the_websocket_without_a_traceback(
+    raw_connect: Any, frame: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    raw = await raw_connect()
+    await raw.send(frame)
+    code, _ = await raw.closed_with()
+    assert code == 1000
+    assert _server_errors(caplog) == []
+
+
+@pytest.mark.parametrize(
+    "packet",
+    ["4" + _nested(5_000), '423["message"', '451-4["message",{"_placeholder":true,"num":7}]'],
+    ids=["deep engine.io data", "bad json", "no such attachment"],
+)
+async def test_a_packet_that_is_not_socketio_closes_the_connection_saying_why(
+    raw_connect: Any, packet: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The packet cannot be answered: the last envelope says why (1008), then the server
+    disconnects; nothing sent after it is answered."""
+    raw = await raw_connect()
+    await raw.send(packet)
+    await raw.send('425["message",{"code":"history","room_id":"r"}]')  # or the attachment
+    [closing] = await raw.until_disconnected()
+    assert closing.startswith('42["message"'), closing
+    assert json.loads(closing[2:])[1]["data"]["data"]["details"] == {
+        "close_code": 1008,
+        "reason": "invalid packet",
+    }
+    assert _server_errors(caplog) == []
+
+
+async def test_a_frame_over_the_limit_closes_the_websocket_with_1009(
+    raw_connect: Any, server: ServerThread
+) -> None:
+    raw = await raw_connect()
+    chat = {
+        "code": "chat",
+        "room_id": "r",
+        "data": {"message": "x" * server.settings.max_message_bytes},
+    }
+    await raw.send("421" + json.dumps(["message", chat]))
+    code, _ = await raw.closed_with()
+    assert code == 1009
+
+
+async def _poll(http: httpx.AsyncClient, sid: str) -> list[str]:
+    """One long-polling GET: the Engine.IO packets it brings."""
+    response = await http.get("/ws/", params={"EIO": "4", "transport": "polling", "sid": sid})
+    assert response.status_code == 200, response.text
+    return response.text.split("\x1e")
+
+
+@pytest.mark.parametrize("size", [1, 1_000_000], ids=["just over", "over a megabyte"])
+async def test_a_frame_over_the_limit_by_long_polling_is_told_1009_before_the_disconnect(
+    server: ServerThread, size: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    """python-engineio would answer a POST over its buffer size 400 and drop the connection
+    without a word (its default size was a megabyte). Spoken by hand: python-socketio's own
+    client leaks its HTTP session on a server-side disconnect now and then."""
+    async with httpx.AsyncClient(base_url=server.http, timeout=TIMEOUT) as http:
+        opened = await http.get("/ws/", params={"EIO": "4", "transport": "polling"})
+        sid = json.loads(opened.text[1:])["sid"]
+        query = {"EIO": "4", "transport": "polling", "sid": sid}
+        assert (await http.post("/ws/", params=query, content="40")).status_code == 200
+        packets = await _poll(http, sid)
+        while not any(WELCOME_MESSAGE in p for p in packets):
+            packets += await _poll(http, sid)
+
+        text = "x" * (server.settings.max_message_bytes + size)
+        chat = {"code": "chat", "room_id": "r", "data": {"message": text}}
+        posted = await http.post("/ws/", params=query, content="42" + json.dumps(["message", chat]))
+        assert posted.status_code == 200, posted.text
+
+        packets = []
+        while "41" not in packets:  # the server's DISCONNECT
+            packets += await _poll(http, sid)
+    closing = [json.loads(p[2:])[1]["data"] for p in packets if p.startswith('42["message"')]
+    assert closing[-1]["data"]["details"] == {"close_code": 1009, "reason": "message too big"}
+    assert _server_errors(caplog) == []
