@@ -14,8 +14,9 @@ packets came, so the inbox keeps that order, and one reader per connection feeds
 What python-socketio would take other than a `message` with one argument is answered here (SPEC
 section 6: every frame gets one answer or a close): any other event name, the reserved ones
 included, is UNSUPPORTED_MESSAGE_TYPE; a `message` with no argument or several, or a packet
-nested too deep for the JSON parser, is INVALID_MESSAGE; a packet that is not Socket.IO at all
-closes the connection (1008). An Engine.IO packet over PRODUCTFLO_MAX_MESSAGE_BYTES closes it
+nested too deep for the JSON parser, is INVALID_MESSAGE (each counted by the rate limit and
+audited, as the session's own refusals are); a packet that is not Socket.IO at all closes the
+connection (1008). An Engine.IO packet over PRODUCTFLO_MAX_MESSAGE_BYTES closes it
 with 1009: over WebSocket the server (uvicorn's `ws_max_size`) closes the socket with that code,
 over HTTP long-polling the last envelope says so (`closing_envelope`).
 """
@@ -26,6 +27,7 @@ import asyncio
 import functools
 import json
 import logging
+from dataclasses import dataclass
 from http.cookies import SimpleCookie
 from typing import Any
 from urllib.parse import parse_qs
@@ -34,7 +36,6 @@ import engineio.json
 import socketio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from productflo import metrics
 from productflo.auth import TokenVerifier, check_origin
 from productflo.envelopes import error_envelope, system_envelope
 from productflo.errors import (
@@ -59,8 +60,19 @@ OPEN_TIMEOUT = 10.0  # longest wait for the Socket.IO handshake to finish before
 INBOX_LIMIT = 1000
 EVENT = "message"  # the one event a client emits (SPEC section 3)
 
-# What the reader hands the session: a frame, or the refusal of one the transport could not take.
-Inbound = str | bytes | ProtocolError
+_KEPT = 2048  # characters of a refused packet's text kept for its audit
+
+
+@dataclass(frozen=True)
+class Refused:
+    """A frame the transport refused itself, and its text as the audit keeps it."""
+
+    error: ProtocolError
+    frame: str
+
+
+# What the reader hands the session: a frame, or one the transport refused.
+Inbound = str | bytes | Refused
 
 _FAILED = ProtocolError(
     ErrorCode.FAILED_TO_PROCESS_MESSAGE,
@@ -68,14 +80,12 @@ _FAILED = ProtocolError(
 )
 
 
-class _TooDeep:
-    """What `PacketJson.loads` gives for JSON nested deeper than the parser can go."""
+@dataclass(frozen=True)
+class TooDeep:
+    """What `PacketJson.loads` gives for JSON nested deeper than the parser can go: the start
+    of its text, for the audit."""
 
-    def __repr__(self) -> str:
-        return "<JSON nested too deep>"
-
-
-TOO_DEEP = _TooDeep()
+    text: str
 
 
 class PacketJson:
@@ -84,7 +94,7 @@ class PacketJson:
     It is engineio.json (integers of at most 100 digits), but for nesting too deep for the
     parser: that RecursionError would escape python-socketio's decoding (the packet would never
     be answered, a traceback logged), and python-engineio's too (its WebSocket reader would end
-    with the exception). `loads` gives TOO_DEEP instead, which `_Server` answers with
+    with the exception). `loads` gives a TooDeep instead, which `_Server` answers with
     INVALID_MESSAGE. Set through `json=`, it is the libraries' for the whole process: they keep
     it on their packet classes."""
 
@@ -95,27 +105,37 @@ class PacketJson:
         try:
             return engineio.json.loads(text, **options)
         except RecursionError:
-            return TOO_DEEP
+            start = text[:_KEPT]
+            return TooDeep(start if isinstance(start, str) else start.decode("utf-8", "replace"))
 
 
-def event_refusal(data: object) -> ProtocolError | None:
+def event_refusal(data: object) -> Refused | None:
     """Why a client's EVENT packet (its decoded data: the event name, then the arguments) is not
     a `message` with one argument; None when it is."""
-    if data is TOO_DEEP:
-        return ProtocolError(ErrorCode.INVALID_MESSAGE, "The message is nested too deep")
+    if isinstance(data, TooDeep):
+        return Refused(_invalid("The message is nested too deep"), data.text)
+    text = _text(data)
     if not isinstance(data, list) or not data or not isinstance(data[0], str):
-        return ProtocolError(ErrorCode.INVALID_MESSAGE, "An event is a name and its arguments")
+        return Refused(_invalid("An event is a name and its arguments"), text)
     if data[0] != EVENT:
         name = storable(data[0][:64])
-        return ProtocolError(
-            ErrorCode.UNSUPPORTED_MESSAGE_TYPE,
-            f"Unsupported Socket.IO event: {name!r}; the event is {EVENT!r}",
-        )
+        message = f"Unsupported Socket.IO event: {name!r}; the event is {EVENT!r}"
+        return Refused(ProtocolError(ErrorCode.UNSUPPORTED_MESSAGE_TYPE, message), text)
     if len(data) != 2:
-        return ProtocolError(
-            ErrorCode.INVALID_MESSAGE, f"The {EVENT!r} event takes one argument: the message"
-        )
+        return Refused(_invalid(f"The {EVENT!r} event takes one argument: the message"), text)
     return None
+
+
+def _invalid(message: str) -> ProtocolError:
+    return ProtocolError(ErrorCode.INVALID_MESSAGE, message)
+
+
+def _text(data: object) -> str:
+    """Decoded packet data as JSON text again, for the audit (binary attachments as `null`)."""
+    try:
+        return json.dumps(data, ensure_ascii=False, default=lambda _: None)[:_KEPT]
+    except RecursionError:  # deep enough to decode, too deep to encode again
+        return ""
 
 
 # What python-socketio raises for a packet it cannot decode or take: ValueError for a packet
@@ -216,22 +236,23 @@ class _Connection:
         while True:
             item, answer = await self.inbox.get()
             answered = functools.partial(_settle, answer)
-            if isinstance(item, ProtocolError):
-                self.refuse(item, answered)
+            if isinstance(item, Refused):
+                if self.session.admit(item.frame, answered):  # the rate limit counts it too
+                    self.refuse(item, answered)
                 continue
             try:
                 await self.session.receive(item, answered)
             except Exception:  # a bug: logged, the frame answered, and the reader reads on
                 log.exception("socket.io session %s could not take a frame", self.session.id)
                 if not answer.done():
-                    self.refuse(_FAILED, answered)
+                    self.session._refuse(_FAILED, answered)
 
-    def refuse(self, error: ProtocolError, answered: Answer) -> None:
-        """Answer a frame the transport refused itself (see the module docstring)."""
-        metrics.MESSAGES_REJECTED.labels(error.error_code).inc()
-        refusal = error_envelope(self.session.user_id, error)
-        self.session.deliver(refusal)
-        answered(refusal)
+    def refuse(self, refused: Refused, answered: Answer) -> None:
+        """Answer and audit a frame the transport refused itself, as the session answers and
+        audits one it refuses: by its own rule. (Session has no public refusal yet; its two
+        private steps are called here until it has.)"""
+        self.session._refuse(refused.error, answered)
+        self.session._record_rejection(refused.frame, refused.error)
 
     def close(self) -> None:
         """The client is gone: nothing it sent is waiting for an answer any more."""
@@ -328,7 +349,7 @@ def create_server(app_state: Any, settings: Settings) -> _Server:
             session.deliver(error_envelope(session.user_id, resume))
 
     async def connect(sid: str, environ: dict[str, Any], auth: Any = None) -> None:
-        if auth is TOO_DEEP:
+        if isinstance(auth, TooDeep):
             raise socketio.exceptions.ConnectionRefusedError("auth is nested too deep")
         fields: dict[str, Any] = auth if isinstance(auth, dict) else {}
         identity = identify(settings, app_state.verifier, environ, fields)
@@ -369,14 +390,14 @@ def create_server(app_state: Any, settings: Settings) -> _Server:
     def _inbound(data: object) -> Inbound:
         """The frame a `message` argument stands for (a string is one already), or its refusal
         (`_Server._handle_event`, or data that has no JSON text)."""
-        if isinstance(data, str | bytes | ProtocolError):
+        if isinstance(data, str | bytes | Refused):
             return data
         try:
             # Not ASCII-escaped: the frame is measured against PRODUCTFLO_MAX_MESSAGE_BYTES
             # about as long as it came, not six characters for each accented letter.
             return json.dumps(data, ensure_ascii=False)
         except (TypeError, RecursionError):  # bytes inside it (binary attachments), or too deep
-            return ProtocolError(ErrorCode.INVALID_MESSAGE, "The message must be JSON")
+            return Refused(_invalid("The message must be JSON"), _text(data))
 
     async def disconnect(sid: str, reason: Any = None) -> None:
         connection = connections.pop(sid, None)

@@ -313,7 +313,7 @@ HISTORY = {"code": "history", "room_id": "r-after"}
 
 @pytest.mark.parametrize("event", ["connect", "disconnect", "connect_error", "fly"])
 async def test_an_event_other_than_message_is_refused_and_the_connection_keeps_answering(
-    sio_connect: Any, event: str, caplog: pytest.LogCaptureFixture
+    server: ServerThread, sio_connect: Any, event: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Reserved names included: an emitted `disconnect` used to finish the session under a
     live socket (every later ack None), an emitted `connect` to fail its handler's task."""
@@ -331,6 +331,21 @@ async def test_an_event_other_than_message_is_refused_and_the_connection_keeps_a
     assert page is not None and page["code"] == "history", page
     assert client.sio.connected
     assert _server_errors(caplog) == []
+    # Audited like any refused frame: the chat's ack means what was submitted before is in.
+    chat = {"code": "chat", "room_id": "r-audit", "data": {"message": "after"}}
+    assert (await client.call(chat))["code"] == "chat_response"
+    refused = await _audited(server, "sio-user", "UNSUPPORTED_MESSAGE_TYPE")
+    assert [json.loads(e["data"]["frame"])[0] for e in refused] == [event, event]
+
+
+async def _audited(server: ServerThread, user: str, code: str) -> list[dict[str, Any]]:
+    """The user's rejected events of `code` in GET /admin/events, oldest first."""
+    headers = {"Authorization": f"Bearer {mint(server.settings, 'auditor', admin=True)}"}
+    async with httpx.AsyncClient(base_url=server.http, headers=headers) as http:
+        response = await http.get("/admin/events", params={"user_id": user, "code": code})
+    assert response.status_code == 200, response.text
+    events: list[dict[str, Any]] = response.json()["events"]
+    return events
 
 
 @pytest.mark.parametrize("arguments", [(), ({"code": "chat"}, {"code": "chat"})], ids=["0", "2"])
