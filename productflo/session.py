@@ -428,7 +428,7 @@ class Session:
         if self._limiter.refused_is_abuse():
             self.refuse_flood(frame, answered)
         else:
-            self._refuse(_rate_limited(frame), answered)
+            self.refuse(_rate_limited(frame), answered)
         return False
 
     def refuse_flood(self, frame: str | bytes, answered: Answer = _unheard) -> None:
@@ -450,22 +450,26 @@ class Session:
         try:
             inbound = parse_inbound(frame, self.user_id)
         except ProtocolError as error:
-            self._refuse(error, answered)
-            self._record_rejection(frame, error)
+            self.refuse(error, answered, frame=frame)
             return
         try:
             await self._handle(inbound, frame, answered)
         except ProtocolError as error:
-            self._refuse(error, answered)
-            self._record_rejection(frame, error)
+            self.refuse(error, answered, frame=frame)
         except StoreError:
-            self._refuse(_failed(inbound), answered)
+            self.refuse(_failed(inbound), answered)
 
-    def _refuse(self, error: ProtocolError, answered: Answer = _unheard) -> None:
+    def refuse(
+        self, error: ProtocolError, answered: Answer = _unheard, *, frame: str | bytes | None = None
+    ) -> None:
+        """Answer a frame with `error` (counted); with `frame`, keep it in the log for audit, as
+        for every message refused by a rule (a transport's own rules included)."""
         metrics.MESSAGES_REJECTED.labels(error.error_code).inc()
         refusal = error_envelope(self.user_id, error)
         self.deliver(refusal)
         answered(refusal)
+        if frame is not None:
+            self._record_rejection(frame, error)
 
     async def _handle(self, inbound: Inbound, frame: str | bytes, answered: Answer) -> None:
         assert inbound.room_id is not None  # every code needs a room (parse_inbound)
@@ -514,7 +518,7 @@ class Session:
                 # connection's check and its append; the log refused it (migration 0006).
                 self._forbid(item, "The room was opened from /ws/secure first")
             else:
-                self._refuse(_failed(item.inbound), item.answered)
+                self.refuse(_failed(item.inbound), item.answered)
             self._settle(item.room_id)
             return
         last = results[-1]
@@ -535,7 +539,7 @@ class Session:
         try:
             allowed = room is None or bool(await self._hub.access.readable(self.identity, [room]))
         except StoreError:
-            self._refuse(_failed(item.inbound), item.answered)
+            self.refuse(_failed(item.inbound), item.answered)
             return
         if not allowed:
             self._forbid(item, "This client_msg_id was used in a room not open to this connection")
@@ -549,8 +553,7 @@ class Session:
         error = ProtocolError(
             ErrorCode.FORBIDDEN, message, client_msg_id=item.inbound.client_msg_id
         )
-        self._refuse(error, item.answered)
-        self._record_rejection(item.frame, error)
+        self.refuse(error, item.answered, frame=item.frame)
 
     def _events_for(self, inbound: Inbound, room_id: str) -> list[NewEvent]:
         stream = room_stream(room_id)

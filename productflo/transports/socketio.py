@@ -47,7 +47,7 @@ from productflo.errors import (
 )
 from productflo.events.models import JsonObject
 from productflo.jsontext import storable
-from productflo.session import Answer, Identity, Resume, Session
+from productflo.session import Identity, Resume, Session
 from productflo.settings import Settings
 from productflo.transports.native import generated_user_id, id_problem
 
@@ -236,23 +236,15 @@ class _Connection:
         while True:
             item, answer = await self.inbox.get()
             answered = functools.partial(_settle, answer)
-            if isinstance(item, Refused):
-                if self.session.admit(item.frame, answered):  # the rate limit counts it too
-                    self.refuse(item, answered)
+            if isinstance(item, Refused):  # refused by the transport's own rule: audited too
+                self.session.refuse(item.error, answered, frame=item.frame)
                 continue
             try:
-                await self.session.receive(item, answered)
+                await self.session.process(item, answered)  # admitted as it arrived
             except Exception:  # a bug: logged, the frame answered, and the reader reads on
                 log.exception("socket.io session %s could not take a frame", self.session.id)
                 if not answer.done():
-                    self.session._refuse(_FAILED, answered)
-
-    def refuse(self, refused: Refused, answered: Answer) -> None:
-        """Answer and audit a frame the transport refused itself, as the session answers and
-        audits one it refuses: by its own rule. (Session has no public refusal yet; its two
-        private steps are called here until it has.)"""
-        self.session._refuse(refused.error, answered)
-        self.session._record_rejection(refused.frame, refused.error)
+                    self.session.refuse(_FAILED, answered)
 
     def close(self) -> None:
         """The client is gone: nothing it sent is waiting for an answer any more."""
@@ -376,13 +368,19 @@ def create_server(app_state: Any, settings: Settings) -> _Server:
         connection = connections.get(sid)
         if connection is None:
             return None
-        if connection.inbox.qsize() >= INBOX_LIMIT:
-            connection.session.request_close(CloseCode.POLICY_VIOLATION, "too many messages")
-            return None
         answer: asyncio.Future[JsonObject | None] = asyncio.get_running_loop().create_future()
+        answered = functools.partial(_settle, answer)
+        item = _inbound(data)
+        frame = item.frame if isinstance(item, Refused) else item
+        session = connection.session
         connection.unanswered.add(answer)
-        connection.inbox.put_nowait((_inbound(data), answer))
         try:
+            # The limits are judged as frames arrive, not as the session gets through them: a
+            # flood is refused at once, and only admitted frames wait in the inbox.
+            if connection.inbox.qsize() >= INBOX_LIMIT:
+                session.refuse_flood(frame, answered)
+            elif session.admit(frame, answered):
+                connection.inbox.put_nowait((item, answer))
             return await answer
         finally:
             connection.unanswered.discard(answer)

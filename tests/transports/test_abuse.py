@@ -13,6 +13,7 @@ import asyncpg
 import httpx
 import jwt
 import pytest
+import socketio
 from websockets.exceptions import ConnectionClosed
 
 from tests.client import Client
@@ -128,3 +129,69 @@ async def test_a_connection_is_closed_4401_when_its_token_expires(
         await alice.recv(timeout=TIMEOUT)
     assert alice.connection.close_code == 4401
     assert await _stored_chats(server, "alice") == {ack["event_id"]}
+
+
+class _SioReader:
+    """A python-socketio client that keeps every `message` envelope until it is disconnected."""
+
+    def __init__(self) -> None:
+        self.sio = socketio.AsyncClient(reconnection=False)
+        self.received: list[dict[str, Any]] = []
+        self.gone = asyncio.Event()
+        self.sio.on("message", self._on_message)
+        self.sio.on("disconnect", self._on_disconnect)
+
+    async def _on_message(self, payload: dict[str, Any]) -> None:
+        self.received.append(payload["data"])
+
+    async def _on_disconnect(self, *_: Any) -> None:
+        self.gone.set()
+
+    async def open(self, server: ServerThread, **options: Any) -> None:
+        await self.sio.connect(
+            server.http, socketio_path="/ws", transports=["websocket"], wait_timeout=10, **options
+        )
+
+    @property
+    def closing(self) -> dict[str, Any]:
+        """The last envelope, which says why the server closed the connection."""
+        last = self.received[-1]
+        assert last["code"] == "system" and "close_code" in last["data"]["details"], last
+        return last
+
+
+async def test_a_socketio_flood_hears_rate_limited_then_the_close_with_every_ack(
+    server: ServerThread,
+) -> None:
+    client = _SioReader()
+    await client.open(server, headers={"User-ID": "alice"})
+    try:
+        for n in range(FLOOD):
+            if client.gone.is_set():
+                break
+            frame = {"code": "chat", "room_id": "r", "client_msg_id": f"c{n}", "data": {}}
+            await client.sio.emit("message", frame)
+        await asyncio.wait_for(client.gone.wait(), TIMEOUT)
+    finally:
+        await client.sio.disconnect()
+
+    assert client.closing["data"]["details"]["close_code"] == 1008
+    limited = [m for m in client.received if _error_code(m) == "RATE_LIMITED"]
+    assert limited and client.received[-2] is limited[-1], "RATE_LIMITED, then the close"
+    acks = {m["event_id"] for m in client.received if m["code"] == "chat_response"}
+    assert acks == await _stored_chats(server, "alice") != set()
+
+
+async def test_a_socketio_connection_is_closed_4401_when_its_token_expires(
+    server: ServerThread,
+) -> None:
+    client = _SioReader()
+    await client.open(server, auth={"token": _token(server, "alice", 2)})
+    try:
+        await asyncio.wait_for(client.gone.wait(), TIMEOUT)
+    finally:
+        await client.sio.disconnect()
+    told = client.received[-2]
+    assert _error_code(told) == "AUTHENTICATION_FAILED", told
+    assert told["data"]["details"]["message"] == "The token has expired"
+    assert client.closing["data"]["details"]["close_code"] == 4401
