@@ -10,10 +10,10 @@ from typing import Any
 import httpx
 import jwt
 import pytest
-import socketio
 
 from productflo.auth import TokenVerifier, mint
 from tests.conftest import ServerThread
+from tests.transports.test_socketio import refused_connect
 
 pytestmark = pytest.mark.anyio
 
@@ -128,23 +128,8 @@ async def test_no_token_is_refused_with_4401(connect: Any) -> None:
 
 
 async def test_a_token_with_no_exp_is_refused_over_socketio(server: ServerThread) -> None:
-    client = socketio.AsyncClient(reconnection=False)
-    errors: list[Any] = []
-
-    async def on_connect_error(data: Any) -> None:
-        errors.append(data)
-
-    client.on("connect_error", on_connect_error)
-    with pytest.raises(socketio.exceptions.ConnectionError):
-        await client.connect(
-            server.http,
-            socketio_path="/ws",
-            transports=["websocket"],
-            auth={"token": signed(server, {"sub": "user-123"})},
-            wait_timeout=10,
-        )
+    errors = await refused_connect(server, {"token": signed(server, {"sub": "user-123"})})
     assert [error["message"] for error in errors] == ["Authentication failed"]
-    assert not client.connected
 
 
 @pytest.mark.parametrize("path", ["/rooms/r/messages", "/users/me/notifications"])

@@ -144,7 +144,8 @@ async def test_a_token_in_auth_is_the_identity(server: ServerThread, sio_connect
     assert welcome["data"]["details"]["authenticated"] is True
 
 
-async def test_a_bad_token_gives_connect_error(server: ServerThread) -> None:
+async def refused_connect(server: ServerThread, auth: dict[str, Any]) -> list[Any]:
+    """Connect with `auth`, which the server must refuse: what `connect_error` was given."""
     client = socketio.AsyncClient(reconnection=False)
     errors: list[Any] = []
 
@@ -157,12 +158,17 @@ async def test_a_bad_token_gives_connect_error(server: ServerThread) -> None:
             server.http,
             socketio_path="/ws",
             transports=["websocket"],
-            auth={"token": "not-a-jwt"},
+            auth=auth,
             wait_timeout=TIMEOUT,
         )
+    assert not client.connected
+    return errors
+
+
+async def test_a_bad_token_gives_connect_error(server: ServerThread) -> None:
+    errors = await refused_connect(server, {"token": "not-a-jwt"})
     assert errors, "no connect_error"
     assert errors[0]["message"] == "Authentication failed"
-    assert not client.connected
 
 
 async def test_last_event_id_in_auth_replays_then_completes(sio_connect: Any, connect: Any) -> None:
