@@ -32,8 +32,8 @@ from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 import asyncpg
 
 from productflo import metrics
+from productflo.ai.interface import AI_KINDS, AIRequest, ContextMessage, Provider, ProviderError
 from productflo.ai.prompts import ASSISTANT_ID, document_title
-from productflo.ai.providers import AI_KINDS, AIRequest, ContextMessage, Provider, ProviderError
 from productflo.envelopes import (
     ANSWER_CODES,
     ANSWER_TYPES,

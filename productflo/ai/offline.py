@@ -7,16 +7,14 @@ the room keeps coming back to, open questions and requirements, and the attached
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections import Counter
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
+from productflo.ai.interface import AIRequest, ContextMessage
 from productflo.ai.prompts import ASSISTANT_ID, UNTITLED, title_from_text
-
-if TYPE_CHECKING:
-    from productflo.ai.providers import AIRequest, ContextMessage
-
 
 OFFLINE_NOTE = (
     "_Offline assistant: no AI provider is configured, so this answer is assembled from the "
@@ -49,6 +47,22 @@ class _Digest:
     related: tuple[ContextMessage, ...]  # room messages sharing a word with the request
     questions: tuple[ContextMessage, ...]  # room messages that ask something
     files: tuple[str, ...]
+
+
+class OfflineProvider:
+    """The default provider: `offline_answer`, streamed line by line, no network."""
+
+    name = "offline"
+    model = "offline"
+
+    async def stream(self, request: AIRequest) -> AsyncGenerator[str, None]:
+        # Line by line, so that consumers stream offline answers the way they stream real ones.
+        for line in offline_answer(request).splitlines(keepends=True):
+            yield line
+            await asyncio.sleep(0)
+
+    async def aclose(self) -> None:
+        pass
 
 
 def offline_answer(request: AIRequest) -> str:

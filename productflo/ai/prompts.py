@@ -7,10 +7,8 @@ budget on the newest messages and drops the oldest first; the request itself alw
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from productflo.ai.providers import AIRequest, ContextMessage
+from productflo.ai.interface import AIRequest, ContextMessage
 
 ASSISTANT_ID = "haitch"
 TITLE_LENGTH = 80

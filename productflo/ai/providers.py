@@ -1,8 +1,8 @@
-"""Where the assistant's answers come from: a `Provider` streams an answer to an `AIRequest`.
+"""The providers there are, and the one the settings name (`create_provider`).
 
-Two providers: `OpenAIProvider` for any OpenAI-compatible chat-completions server, and
-`OfflineProvider`, the default, which needs no network and answers from the request and the
-room's recent messages. `create_provider` picks one from the settings.
+`OpenAIProvider` streams from any OpenAI-compatible chat-completions server;
+`productflo.ai.offline.OfflineProvider`, the default, needs no network and answers from the
+request and the room's recent messages. What a provider is lives in `productflo.ai.interface`.
 
 What a client may see of a failure is `str(ProviderError)`: a fixed sentence, never a key, a URL
 or a response body. The details go to the log, with the key redacted.
@@ -16,18 +16,17 @@ import logging
 import math
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import httpx
 
-from productflo.ai.offline import offline_answer
+from productflo.ai.interface import AIRequest, Provider, ProviderError
+from productflo.ai.offline import OfflineProvider
 from productflo.ai.prompts import alternating, messages_for
-from productflo.errors import ProductfloError
 from productflo.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-AI_KINDS = ("haitch_chat", "idea", "documentation", "engineering")
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 
 TIMED_OUT = "The AI provider timed out"
@@ -35,46 +34,6 @@ UNREACHABLE = "The AI provider could not be reached"
 INVALID = "The AI provider sent an invalid answer"
 EMPTY = "The AI provider sent an empty answer"
 FAILED = "The AI provider failed"
-
-
-@dataclass(frozen=True)
-class ContextMessage:
-    user_id: str  # who said it; "haitch" for the assistant's earlier answers
-    text: str
-
-
-@dataclass(frozen=True)
-class AIRequest:
-    kind: str  # one of AI_KINDS
-    user_id: str  # the requester
-    room_id: str
-    message: str  # the request text (data.message; may be "")
-    attached_files: tuple[str, ...] = ()  # file names the client attached
-    context: tuple[ContextMessage, ...] = ()  # the room's recent messages, oldest first
-
-    def __post_init__(self) -> None:
-        if self.kind not in AI_KINDS:
-            raise ValueError(f"unknown AI request kind {self.kind!r}")
-
-
-class ProviderError(ProductfloError):
-    """The provider failed or timed out (AI_PROVIDER_ERROR).
-
-    str(error) is safe to show a client: no keys, URLs, or stack text.
-    """
-
-
-class Provider(Protocol):
-    """What the AI handler needs of a source of answers."""
-
-    name: str  # "offline" | "openai"
-    model: str  # the model name used ("offline" for the offline one)
-
-    def stream(self, request: AIRequest) -> AsyncIterator[str]:
-        """The answer, piece by piece; ProviderError when it cannot be had."""
-        ...
-
-    async def aclose(self) -> None: ...
 
 
 def create_provider(settings: Settings) -> Provider:
@@ -94,22 +53,6 @@ def create_provider(settings: Settings) -> Provider:
     return OpenAIProvider(
         settings.ai_model, base_url=settings.ai_base_url, api_key=key, timeout=settings.ai_timeout
     )
-
-
-class OfflineProvider:
-    """The default: a deterministic answer built from the request and the room, no network."""
-
-    name = "offline"
-    model = "offline"
-
-    async def stream(self, request: AIRequest) -> AsyncGenerator[str, None]:
-        # Line by line, so that consumers stream offline answers the way they stream real ones.
-        for line in offline_answer(request).splitlines(keepends=True):
-            yield line
-            await asyncio.sleep(0)
-
-    async def aclose(self) -> None:
-        pass
 
 
 class _Failure(Exception):

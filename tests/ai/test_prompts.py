@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from productflo.ai.interface import AI_KINDS, AIRequest, ContextMessage
 from productflo.ai.prompts import (
     KIND_INSTRUCTIONS,
     alternating,
@@ -11,7 +12,6 @@ from productflo.ai.prompts import (
     estimate_tokens,
     messages_for,
 )
-from productflo.ai.providers import AI_KINDS, AIRequest, ContextMessage
 
 
 def request(

@@ -12,16 +12,9 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from productflo.ai.providers import (
-    AI_KINDS,
-    AIRequest,
-    ContextMessage,
-    OfflineProvider,
-    OpenAIProvider,
-    Provider,
-    ProviderError,
-    create_provider,
-)
+from productflo.ai.interface import AI_KINDS, AIRequest, ContextMessage, Provider, ProviderError
+from productflo.ai.offline import OfflineProvider
+from productflo.ai.providers import OpenAIProvider, create_provider
 from productflo.settings import Settings
 from tests.ai.fake_openai import DEFAULT_PIECES, FakeOpenAI, fake_openai_fixture  # noqa: F401
 from tests.conftest import free_port
