@@ -27,8 +27,9 @@ from typing import Protocol
 
 from productflo.auth import Claims
 from productflo.errors import ErrorCode, ProtocolError
-from productflo.events.models import RecordedEvent
+from productflo.events.models import RecordedEvent, room_stream
 from productflo.events.store import EventStore
+from productflo.projections.rooms import Rooms
 
 
 class Action(enum.StrEnum):
@@ -101,19 +102,6 @@ def event_room(event: RecordedEvent) -> str | None:
     return room_about(event.stream, details.get("room_id") if isinstance(details, dict) else None)
 
 
-# The projection row, else the first event of the room's stream; NULL for a room without events.
-_SECURE = """
-SELECT r.room_id,
-       coalesce(
-           p.secure,
-           (SELECT coalesce(e.metadata->'authenticated' = 'true'::jsonb, false) FROM events e
-            WHERE e.stream = 'room:' || r.room_id ORDER BY e.version LIMIT 1)
-       ) AS secure
-FROM unnest($1::text[]) AS r(room_id)
-LEFT JOIN rooms p ON p.room_id = r.room_id
-"""
-
-
 class Access:
     """The room access rules of one process, with its cache of which rooms are secure."""
 
@@ -146,9 +134,13 @@ class Access:
         unknown = sorted({room for room in rooms if room not in self._secure})
         if not unknown:
             return
-        for row in await self._store.fetch(_SECURE, unknown):
-            if row["secure"] is not None:
-                self.learn(row["room_id"], row["secure"])
+        # The rooms projection's row, else the first event of the room's stream.
+        flags = await Rooms.secure(self._store, unknown)
+        if missing := [room_stream(room) for room in unknown if room not in flags]:
+            opened = await self._store.first_authenticated(missing)
+            flags.update({stream.removeprefix("room:"): first for stream, first in opened.items()})
+        for room, secure in flags.items():
+            self.learn(room, secure)
 
     async def is_secure(self, room_id: str) -> bool:
         """Whether the room is secure; a room with no events yet is not (unless this process is

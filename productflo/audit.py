@@ -18,12 +18,8 @@ Paging is by cursor: `after` is the last `event_id` already seen; a page's `next
 `event_id` when more events match, else None. Positions only grow, so paging never skips or
 repeats an event, even while the log grows.
 
-Every filter is an index range read in position order (migrations 0001 and 0005), so a page costs
-about the same on a log of millions of events as on an empty one. A time range is turned into a
-position range first: `recorded_at` grows with position (append_events() takes it under the head
-lock, migration 0003), so one probe at each end of the `recorded_at` index gives the first and
-the last position, and the filter then reads the position range like any other. The time
-predicates still apply to every row, so a result is never outside the range asked for.
+The reads themselves are the log's (productflo.events.search): this module says what an operator
+may ask and what they are shown.
 """
 
 from __future__ import annotations
@@ -32,7 +28,7 @@ import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated, Any, Self
+from typing import Annotated, Self
 
 import asyncpg
 import asyncpg.pool
@@ -49,6 +45,7 @@ from pydantic import (
 from productflo.envelopes import Identifier, iso
 from productflo.errors import StoreError, StoreUnavailable
 from productflo.events.models import MAX_POSITION, JsonObject, RecordedEvent, room_stream
+from productflo.events.search import Match, read_matching
 from productflo.events.store import EventStore
 from productflo.jsontext import is_storable
 
@@ -56,18 +53,6 @@ DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 REJECTED = "rejected"
 
-# The audit code of an event in SQL. It must stay identical to the expression of the index
-# events_audit_code (migration 0005): the planner uses the index only for the same expression.
-CODE_SQL = "CASE WHEN type = 'rejected' THEN data->>'error_code' ELSE type END"
-
-_COLUMNS = "position, event_id, stream, version, type, data, metadata, recorded_at"
-_FIRST_AT_OR_AFTER = """
-    SELECT position FROM events WHERE recorded_at >= $1 ORDER BY recorded_at, position LIMIT 1
-"""
-_LAST_BEFORE = """
-    SELECT position FROM events WHERE recorded_at < $1
-    ORDER BY recorded_at DESC, position DESC LIMIT 1
-"""
 _DRIVER_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
     TimeoutError,
@@ -140,7 +125,7 @@ class AuditPage:
 
 
 def code_of(type_: str, data: JsonObject) -> str:
-    """The audit code: a rejected message's error code, else the event's type (CODE_SQL)."""
+    """The audit code: a rejected message's error code, else the type (search.CODE_SQL)."""
     if type_ == REJECTED:
         error_code = data.get("error_code")
         return error_code if isinstance(error_code, str) else type_
@@ -203,66 +188,18 @@ async def pages(
 
 
 async def _query(connection: _Connection, audit_filter: AuditFilter) -> AuditPage:
-    # asyncpg prepares and caches statements, and after five runs PostgreSQL may switch one to
-    # a generic plan, made for no value in particular. Values of one filter differ by orders of
-    # magnitude in frequency (a busy user, a rare error code): plan each query for its values.
-    async with connection.transaction(readonly=True):
-        await connection.execute("SET LOCAL plan_cache_mode = force_custom_plan")
-        bounds = await _position_bounds(connection, audit_filter)
-        if bounds is None:
-            return AuditPage([], None)
-        sql, args = _select(audit_filter, *bounds)
-        rows = await connection.fetch(sql, *args)
-    events = [audit_object(RecordedEvent(**dict(row))) for row in rows[: audit_filter.limit]]
-    more = len(rows) > audit_filter.limit
-    return AuditPage(events, events[-1]["event_id"] if more else None)
-
-
-async def _position_bounds(
-    connection: _Connection, audit_filter: AuditFilter
-) -> tuple[int, int | None] | None:
-    """The positions to read: after the first (exclusive) up to the second (inclusive; None for
-    the head of the log), or None when the time range holds no event."""
-    after, last = audit_filter.after, None
-    if audit_filter.since is not None:
-        first = await connection.fetchval(_FIRST_AT_OR_AFTER, audit_filter.since)
-        if first is None:
-            return None
-        after = max(after, first - 1)
-    if audit_filter.until is not None:
-        last = await connection.fetchval(_LAST_BEFORE, audit_filter.until)
-        if last is None or last <= after:
-            return None
-    return after, last
-
-
-def _select(audit_filter: AuditFilter, after: int, last: int | None) -> tuple[str, list[Any]]:
-    """The page's SELECT with only the filters given, and its arguments."""
-    args: list[Any] = [after]
-    where = ["position > $1"]
-
-    def condition(template: str, value: Any) -> None:
-        args.append(value)
-        where.append(template.format(f"${len(args)}"))
-
-    if last is not None:
-        condition("position <= {}", last)
-    if audit_filter.room_id is not None:
-        condition("stream = {}", room_stream(audit_filter.room_id))
-    if audit_filter.user_id is not None:
-        condition("metadata->>'user_id' = {}", audit_filter.user_id)
-    if audit_filter.code is not None:
-        condition(f"{CODE_SQL} = {{}}", audit_filter.code)
-    if audit_filter.since is not None:
-        condition("recorded_at >= {}", audit_filter.since)
-    if audit_filter.until is not None:
-        condition("recorded_at < {}", audit_filter.until)
-    args.append(audit_filter.limit + 1)
-    sql = (
-        f"SELECT {_COLUMNS} FROM events WHERE {' AND '.join(where)} "
-        f"ORDER BY position LIMIT ${len(args)}"
+    match = Match(
+        after=audit_filter.after,
+        stream=room_stream(audit_filter.room_id) if audit_filter.room_id is not None else None,
+        user_id=audit_filter.user_id,
+        code=audit_filter.code,
+        since=audit_filter.since,
+        until=audit_filter.until,
     )
-    return sql, args
+    found = await read_matching(connection, match, audit_filter.limit + 1)
+    events = [audit_object(event) for event in found[: audit_filter.limit]]
+    more = len(found) > audit_filter.limit
+    return AuditPage(events, events[-1]["event_id"] if more else None)
 
 
 # -- the table for people (`productflo audit --format table`) -------------------------------------

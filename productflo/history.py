@@ -9,9 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from productflo.envelopes import HISTORY_TYPES, render_event
+from productflo.events.checkpoints import checkpoint
 from productflo.events.models import MAX_POSITION, JsonObject, room_stream
 from productflo.events.store import EventStore
-from productflo.projections.framework import checkpoint
 from productflo.projections.messages import Messages
 
 _NEWEST = MAX_POSITION

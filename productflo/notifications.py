@@ -9,9 +9,9 @@ delivered). Room history does the same with the messages projection (productflo.
 
 from __future__ import annotations
 
+from productflo.events.checkpoints import checkpoint
 from productflo.events.models import RecordedEvent, user_stream
 from productflo.events.store import EventStore
-from productflo.projections.framework import checkpoint
 from productflo.projections.notifications import TYPES, Notification, Notifications, fold
 
 _TAIL_PAGE = 1000  # events of the user's stream read at a time past the projection's checkpoint

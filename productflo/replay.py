@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from productflo.access import room_about
 from productflo.events.models import RecordedEvent, room_stream, user_stream
 from productflo.events.store import EventStore
-from productflo.projections.membership import MEMBERSHIP_TYPES, Visibility, rooms_of
+from productflo.projections.membership import Visibility, rooms_of
 
 CHUNK = 1000
 
@@ -48,36 +48,15 @@ async def missed(
     """The positions in (after, upto] that `user_id` would have received, newest `limit` of them;
     with `readable`, only those about rooms it allows."""
     rooms = await rooms_of(store, user_id, after)
-    joined = await store.fetch(
-        """
-        SELECT DISTINCT stream FROM events
-        WHERE metadata->>'user_id' = $1 AND type = ANY($2::text[])
-          AND position > $3 AND position <= $4
-        """,
-        user_id,
-        list(MEMBERSHIP_TYPES),
-        after,
-        upto,
-    )
-    streams = {room_stream(room) for room in rooms} | {row["stream"] for row in joined}
+    streams = {room_stream(room) for room in rooms}
+    streams |= await store.membership_streams(user_id, after, upto)
     streams.add(user_stream(user_id))
-    rows = await store.fetch(
-        """
-        SELECT position, stream, type, metadata->>'user_id' AS actor,
-               CASE WHEN stream LIKE 'user:%' THEN data->'details'->>'room_id' END AS about
-        FROM events
-        WHERE stream = ANY($1::text[]) AND position > $2 AND position <= $3
-        ORDER BY position
-        """,
-        sorted(streams),
-        after,
-        upto,
-    )
+    outlines = await store.read_outlines(streams, after, upto)
     visibility = Visibility(user_id, rooms)
     seen = [
-        (r["position"], room_about(r["stream"], r["about"]))
-        for r in rows
-        if visibility.sees(r["type"], r["stream"], r["actor"])
+        (o.position, room_about(o.stream, o.about))
+        for o in outlines
+        if visibility.sees(o.type, o.stream, o.actor)
     ]
     if readable is not None:
         allowed = await readable({room for _, room in seen if room is not None})

@@ -95,3 +95,14 @@ class AppendResult:
 
     event: RecordedEvent
     duplicate: bool
+
+
+@dataclass(frozen=True)
+class Outline:
+    """An event's light columns: enough to decide who saw it, without its data."""
+
+    position: int
+    stream: str
+    type: str
+    actor: str | None  # metadata.user_id
+    about: object  # a user event's data.details.room_id (None for room events)

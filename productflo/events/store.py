@@ -33,7 +33,7 @@ import contextlib
 import json
 import logging
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,7 +41,13 @@ import asyncpg
 
 from productflo import metrics
 from productflo.errors import AppendRefused, StoreError, StoreUnavailable
-from productflo.events.models import MAX_POSITION, AppendResult, NewEvent, RecordedEvent
+from productflo.events.models import (
+    MAX_POSITION,
+    AppendResult,
+    NewEvent,
+    Outline,
+    RecordedEvent,
+)
 from productflo.jsontext import is_storable
 
 log = logging.getLogger(__name__)
@@ -90,6 +96,16 @@ async def connect(dsn: str) -> asyncpg.Connection:
         connection.terminate()
         raise StoreUnavailable("cannot set up the database connection") from error
     return connection
+
+
+@contextlib.asynccontextmanager
+async def translated() -> AsyncIterator[None]:
+    """Driver errors inside the block raised as StoreUnavailable (a read model's own queries
+    use it too: driver errors are translated here, once)."""
+    try:
+        yield
+    except _DATABASE_ERRORS as error:
+        raise StoreUnavailable("the database is unreachable") from error
 
 
 def record(row: asyncpg.Record | Mapping[str, Any]) -> RecordedEvent:
@@ -283,7 +299,7 @@ class EventStore:
 
     async def read(self, after: int, limit: int = 1000) -> list[RecordedEvent]:
         """Events with position > after, oldest first."""
-        rows = await self.fetch(
+        rows = await self._fetch(
             f"SELECT {_COLUMNS} FROM events WHERE position > $1 ORDER BY position LIMIT $2",
             after,
             limit,
@@ -292,7 +308,7 @@ class EventStore:
 
     async def read_positions(self, positions: list[int]) -> list[RecordedEvent]:
         """The events at the given positions, oldest first."""
-        rows = await self.fetch(
+        rows = await self._fetch(
             f"SELECT {_COLUMNS} FROM events WHERE position = ANY($1::bigint[]) ORDER BY position",
             positions,
         )
@@ -308,7 +324,7 @@ class EventStore:
         types: Iterable[str] | None = None,
     ) -> list[RecordedEvent]:
         """The newest `limit` events of a stream between two positions, oldest first."""
-        rows = await self.fetch(
+        rows = await self._fetch(
             f"""
             SELECT {_COLUMNS} FROM events
             WHERE stream = $1 AND position < $2 AND position > $3
@@ -323,6 +339,73 @@ class EventStore:
         )
         return [record(row) for row in reversed(rows)]
 
+    async def read_outlines(self, streams: Collection[str], after: int, upto: int) -> list[Outline]:
+        """The light columns of the streams' events in (after, upto], oldest first."""
+        rows = await self._fetch(
+            """
+            SELECT position, stream, type, metadata->>'user_id' AS actor,
+                   CASE WHEN stream LIKE 'user:%' THEN data->'details'->>'room_id' END AS about
+            FROM events
+            WHERE stream = ANY($1::text[]) AND position > $2 AND position <= $3
+            ORDER BY position
+            """,
+            sorted(streams),
+            after,
+            upto,
+        )
+        return [
+            Outline(r["position"], r["stream"], r["type"], r["actor"], r["about"]) for r in rows
+        ]
+
+    # The membership reads name their types in the SQL itself: the partial index on join/leave
+    # events by user (migration 0002) serves only a query whose predicate implies its own.
+
+    async def membership_streams(self, user_id: str, after: int, upto: int) -> set[str]:
+        """The streams in which `user_id` joined or left in (after, upto]."""
+        rows = await self._fetch(
+            """
+            SELECT DISTINCT stream FROM events
+            WHERE metadata->>'user_id' = $1 AND type IN ('join', 'leave')
+              AND position > $2 AND position <= $3
+            """,
+            user_id,
+            after,
+            upto,
+        )
+        return {row["stream"] for row in rows}
+
+    async def last_membership(self, user_id: str, upto: int) -> dict[str, str]:
+        """Per stream, the type (`join` or `leave`) of the last membership event of `user_id`
+        at or before `upto`."""
+        rows = await self._fetch(
+            """
+            SELECT DISTINCT ON (stream) stream, type FROM events
+            WHERE metadata->>'user_id' = $1 AND type IN ('join', 'leave') AND position <= $2
+            ORDER BY stream, position DESC
+            """,
+            user_id,
+            upto,
+        )
+        return {row["stream"]: row["type"] for row in rows}
+
+    async def first_authenticated(self, streams: Collection[str]) -> dict[str, bool]:
+        """For each stream that has events, whether its first came from an authenticated
+        connection (one probe of the (stream, version) unique index each)."""
+        rows = await self._fetch(
+            """
+            SELECT s.stream,
+                   (SELECT coalesce(e.metadata->'authenticated' = 'true'::jsonb, false)
+                    FROM events e WHERE e.stream = s.stream ORDER BY e.version LIMIT 1) AS first
+            FROM unnest($1::text[]) AS s(stream)
+            """,
+            sorted(streams),
+        )
+        return {row["stream"]: row["first"] for row in rows if row["first"] is not None}
+
+    async def contains(self, event_id: uuid.UUID) -> bool:
+        """Whether an event with this id (idempotency key) is in the log."""
+        return bool(await self._fetch("SELECT 1 FROM events WHERE event_id = $1", event_id))
+
     async def head(self) -> int:
         """The position of the newest committed event (0 for an empty log)."""
         value = await self._fetchval("SELECT position FROM log_head")
@@ -336,17 +419,17 @@ class EventStore:
         return uuid.UUID(str(value))
 
     async def fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
-        """Run a read query on the pool, driver errors translated."""
-        try:
+        """Deprecated: kept only for productflo/ai/assistant.py until it asks `contains()`;
+        everything else asks the store by the name of what it wants."""
+        return await self._fetch(query, *args)
+
+    async def _fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
+        async with translated():
             return list(await self.pool.fetch(query, *args))
-        except _DATABASE_ERRORS as error:
-            raise StoreUnavailable("the database is unreachable") from error
 
     async def _fetchval(self, query: str, *args: Any) -> Any:
-        try:
+        async with translated():
             return await self.pool.fetchval(query, *args)
-        except _DATABASE_ERRORS as error:
-            raise StoreUnavailable("the database is unreachable") from error
 
     # -- wake-ups ------------------------------------------------------------------------------
 

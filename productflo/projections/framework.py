@@ -18,19 +18,38 @@ import contextlib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import asyncpg
-from asyncpg.pool import PoolConnectionProxy
 
+from productflo.events.checkpoints import (
+    Connection,
+    checkpoint,
+    create_checkpoint,
+    head,
+    lock_checkpoint,
+    move_checkpoint,
+)
 from productflo.events.models import RecordedEvent
-from productflo.events.store import EventStore
+from productflo.events.store import EventStore, translated
 from productflo.events.tailer import Tailer
 
-log = logging.getLogger(__name__)
+__all__ = [
+    "FOLD_SECONDS",
+    "Connection",
+    "Projection",
+    "Runner",
+    "Status",
+    "apply_batch",
+    "checkpoint",
+    "ensure_tables",
+    "read_rows",
+    "rebuild",
+    "rebuild_all",
+    "status",
+]
 
-# A connection of its own or one borrowed from the pool: projections take either.
-Connection = asyncpg.Connection | PoolConnectionProxy
+log = logging.getLogger(__name__)
 
 REBUILD = "_rebuild"
 RETIRED = "_retired"
@@ -65,25 +84,18 @@ class Status:
         return self.head - self.position
 
 
-async def checkpoint(connection: Connection | asyncpg.Pool, name: str) -> int:
-    value = await connection.fetchval(
-        "SELECT position FROM projection_checkpoints WHERE name = $1", name
-    )
-    return int(value) if value is not None else 0
+async def read_rows(store: EventStore, query: str, *args: Any) -> list[asyncpg.Record]:
+    """A read of a projection's own tables (never the log's: ask the store for those), driver
+    errors translated."""
+    async with translated():
+        return list(await store.pool.fetch(query, *args))
 
 
 async def ensure_tables(connection: Connection, projection: Projection) -> None:
     """Create the live tables and the checkpoint row if this database has never had them."""
     async with connection.transaction():
         await connection.execute("SELECT pg_advisory_xact_lock(hashtext($1))", projection.name)
-        inserted = await connection.fetchval(
-            """
-            INSERT INTO projection_checkpoints (name, position) VALUES ($1, 0)
-            ON CONFLICT (name) DO NOTHING RETURNING true
-            """,
-            projection.name,
-        )
-        if inserted:
+        if await create_checkpoint(connection, projection.name):
             for statement in projection.create(""):
                 await connection.execute(statement)
 
@@ -93,23 +105,15 @@ async def apply_batch(
 ) -> int:
     """Apply what of `events` is past the checkpoint, with the checkpoint; return the new one."""
     async with connection.transaction():
-        position = await connection.fetchval(
-            "SELECT position FROM projection_checkpoints WHERE name = $1 FOR UPDATE",
-            projection.name,
-        )
+        position = await lock_checkpoint(connection, projection.name)
         fresh = [event for event in events if event.position > position]
         if fresh and fresh[0].position != position + 1:
-            return int(position)  # the checkpoint is behind this batch: read on from it instead
+            return position  # the checkpoint is behind this batch: read on from it instead
         if fresh:
             await projection.apply(connection, fresh, "")
             position = fresh[-1].position
-            await connection.execute(
-                "UPDATE projection_checkpoints SET position = $2, updated_at = now() "
-                "WHERE name = $1",
-                projection.name,
-                position,
-            )
-        return int(position)
+            await move_checkpoint(connection, projection.name, position)
+        return position
 
 
 # Once caught up, a consumer reads the log at most this often (Tailer's `fold`). Woken by every
@@ -166,8 +170,8 @@ class Runner:
 
 
 async def status(pool: asyncpg.Pool, names: Sequence[str]) -> list[Status]:
-    head = int(await pool.fetchval("SELECT position FROM log_head"))
-    return [Status(name, await checkpoint(pool, name), head) for name in names]
+    position = await head(pool)
+    return [Status(name, await checkpoint(pool, name), position) for name in names]
 
 
 Progress = Callable[[int, int], None]  # (position reached, head when the rebuild started)
@@ -193,7 +197,7 @@ async def rebuild_all(
                     await connection.execute(f"DROP TABLE IF EXISTS {table}{REBUILD}")
                 for statement in projection.create(REBUILD):
                     await connection.execute(statement)
-        head = int(await connection.fetchval("SELECT position FROM log_head"))
+        head = await store.head()
         position = 0
         applied = 0
         while position < head:
@@ -220,10 +224,7 @@ async def _catch_up_and_swap(
     """Hold the checkpoint (the live runner waits), apply what came meanwhile, rename, release."""
     applied = 0
     async with connection.transaction():
-        await connection.execute(
-            "SELECT position FROM projection_checkpoints WHERE name = $1 FOR UPDATE",
-            projection.name,
-        )
+        await lock_checkpoint(connection, projection.name)
         while events := await store.read(position, REBUILD_BATCH):
             await projection.apply(connection, events, REBUILD)
             position = events[-1].position
@@ -232,9 +233,5 @@ async def _catch_up_and_swap(
             await connection.execute(f"ALTER TABLE {table} RENAME TO {table}{RETIRED}")
             await connection.execute(f"ALTER TABLE {table}{REBUILD} RENAME TO {table}")
             await connection.execute(f"DROP TABLE {table}{RETIRED}")
-        await connection.execute(
-            "UPDATE projection_checkpoints SET position = $2, updated_at = now() WHERE name = $1",
-            projection.name,
-            position,
-        )
+        await move_checkpoint(connection, projection.name, position)
     return applied

@@ -26,16 +26,8 @@ def apply(rooms: set[str], event: RecordedEvent) -> None:
 
 async def rooms_of(store: EventStore, user_id: str, upto: int) -> set[str]:
     """The rooms `user_id` belongs to as of log position `upto`."""
-    rows = await store.fetch(
-        """
-        SELECT DISTINCT ON (stream) stream, type FROM events
-        WHERE metadata->>'user_id' = $1 AND type IN ('join', 'leave') AND position <= $2
-        ORDER BY stream, position DESC
-        """,
-        user_id,
-        upto,
-    )
-    return {row["stream"].removeprefix("room:") for row in rows if row["type"] == "join"}
+    last = await store.last_membership(user_id, upto)
+    return {stream.removeprefix("room:") for stream, type_ in last.items() if type_ == "join"}
 
 
 class Visibility:

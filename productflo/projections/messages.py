@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from productflo.envelopes import HISTORY_TYPES
 from productflo.events.models import RecordedEvent
 from productflo.events.store import EventStore, record
-from productflo.projections.framework import Connection
+from productflo.projections.framework import Connection, read_rows
 
 
 class Messages:
@@ -35,7 +35,8 @@ class Messages:
     @staticmethod
     async def page(store: EventStore, room_id: str, before: int, limit: int) -> list[RecordedEvent]:
         """The room's newest `limit` events before `before`, oldest first."""
-        rows = await store.fetch(
+        rows = await read_rows(
+            store,
             """
             SELECT position, event_id, 'room:' || room_id AS stream, version, type, data,
                    metadata, recorded_at

@@ -18,7 +18,7 @@ import asyncpg
 from productflo.envelopes import iso
 from productflo.events.models import MAX_POSITION, JsonObject, RecordedEvent
 from productflo.events.store import EventStore
-from productflo.projections.framework import Connection
+from productflo.projections.framework import Connection, read_rows
 
 NOTIFICATION_TYPE = "notification"
 READ_TYPE = "notifications_read"
@@ -113,7 +113,8 @@ class Notifications:
     ) -> list[Notification]:
         """The user's newest `limit` notifications before `before`, newest first (`unread`:
         only those not read yet)."""
-        rows = await store.fetch(
+        rows = await read_rows(
+            store,
             """
             SELECT position, data, created_at, read_at FROM notifications
             WHERE user_id = $1 AND position < $2 AND ($3 = false OR read_at IS NULL)

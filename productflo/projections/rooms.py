@@ -11,7 +11,8 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from productflo.events.models import RecordedEvent
-from productflo.projections.framework import Connection
+from productflo.events.store import EventStore
+from productflo.projections.framework import Connection, read_rows
 from productflo.projections.memberships import apply_membership
 
 MESSAGE_TYPES = ("chat",)
@@ -44,6 +45,14 @@ class Rooms:
             )
             """,
         ]
+
+    @staticmethod
+    async def secure(store: EventStore, rooms: Sequence[str]) -> dict[str, bool]:
+        """Whether each of the rooms the projection has a row for is secure."""
+        rows = await read_rows(
+            store, "SELECT room_id, secure FROM rooms WHERE room_id = ANY($1::text[])", list(rooms)
+        )
+        return {row["room_id"]: row["secure"] for row in rows}
 
     async def apply(
         self, connection: Connection, events: Sequence[RecordedEvent], suffix: str

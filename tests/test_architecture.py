@@ -1,0 +1,69 @@
+"""The package's shape, read from its source: where the log's SQL is, and which way imports go."""
+
+from __future__ import annotations
+
+import ast
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parent.parent / "productflo"
+
+# SQL that names one of the log's tables. The keywords are upper case in this code base's SQL,
+# which keeps prose ("events from the log") out; the two other tables are named nowhere but SQL.
+_LOG_SQL = re.compile(
+    r"\b(?:FROM|JOIN|INTO|UPDATE|TABLE|EXISTS)\s+(?:events|log_head|projection_checkpoints)\b"
+    r"|\b(?:log_head|projection_checkpoints)\b"
+)
+# Modules that may still name the log's tables, each with the reason. Empty when issue 11 is done.
+_KNOWN = {
+    # Owned by the AI work, switching to EventStore.contains() and productflo.events.checkpoints
+    # (create_checkpoint(..., at_head=True), advance_checkpoint) in its own commit.
+    "ai/assistant.py",
+}
+
+
+def _modules() -> Iterator[tuple[str, ast.Module]]:
+    for path in sorted(PACKAGE.rglob("*.py")):
+        name = path.relative_to(PACKAGE).as_posix()
+        yield name, ast.parse(path.read_text(), filename=str(path))
+
+
+def _docstrings(tree: ast.Module) -> set[int]:
+    """The ids of the module's, classes' and functions' docstring nodes."""
+    found = set()
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if isinstance(body, list) and body and isinstance(body[0], ast.Expr):
+            found.add(id(body[0].value))
+    return found
+
+
+def _strings(tree: ast.Module) -> Iterator[tuple[int, str]]:
+    skipped = _docstrings(tree)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            if id(node) not in skipped:
+                yield node.lineno, node.value
+
+
+def test_no_sql_names_the_log_tables_outside_events() -> None:
+    """Only productflo/events/ names `events`, `log_head` and `projection_checkpoints` in SQL:
+    everything else asks the store by the name of what it wants (STYLE.md 14)."""
+    found = [
+        f"productflo/{name}:{line}: {' '.join(text.split())[:80]}"
+        for name, tree in _modules()
+        if not name.startswith("events/") and name not in _KNOWN
+        for line, text in _strings(tree)
+        if _LOG_SQL.search(text)
+    ]
+    assert not found, "SQL naming the log's tables outside productflo/events/:\n" + "\n".join(
+        found
+    )
+
+
+def test_the_known_exceptions_still_need_to_be_known() -> None:
+    """An exception that no longer names the log's tables is taken off the list."""
+    trees = dict(_modules())
+    stale = [n for n in _KNOWN if not any(_LOG_SQL.search(t) for _, t in _strings(trees[n]))]
+    assert not stale, f"no longer naming the log's tables, remove from _KNOWN: {stale}"
