@@ -3,25 +3,36 @@
 With no `PRODUCTFLO_JWT_SECRET`, a random secret is generated once and kept in the data
 directory (mode 0600), so tokens minted by `productflo token mint` on this machine are accepted by
 every server process using the same data directory.
+
+With `PRODUCTFLO_JWT_JWKS_URL`, public keys come from a JWKS endpoint (`KeySet`), fetched on the
+event loop with a short deadline: `TokenVerifier.verify_async` is the way to verify those tokens.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import math
 import os
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+import httpx
 import jwt
 
 from productflo.errors import AuthenticationFailed, ForbiddenOrigin
 from productflo.settings import Settings
 
+log = logging.getLogger(__name__)
+
 _HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
+JWKS_TIMEOUT = 5.0  # seconds one fetch of the key set may take, connecting included
+JWKS_LIFETIME = 300.0  # seconds a fetched key set is trusted before it is fetched again
+JWKS_COOLDOWN = 10.0  # seconds between fetches for a key the set lacks, or after a failure
 
 
 def load_secret(settings: Settings) -> str:
@@ -80,8 +91,109 @@ class Claims:
         return None
 
 
+class KeySet:
+    """The signing keys of a JWKS endpoint, cached for `lifetime` seconds.
+
+    `PyJWKClient` fetches with blocking urllib (a 30 s timeout) from inside the async handlers,
+    which would freeze every connection of the process at each cache miss; here the fetch is an
+    httpx request on the loop, bounded by `timeout` as a whole. Concurrent misses share one fetch
+    (a reconnect storm after a restart is one request), and a key the set lacks, or a failed
+    fetch, is tried again only after `cooldown`: tokens naming made-up `kid`s cannot turn into a
+    flood of requests, and an endpoint that is down fails connections at once instead of one
+    timeout each.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout: float = JWKS_TIMEOUT,
+        lifetime: float = JWKS_LIFETIME,
+        cooldown: float = JWKS_COOLDOWN,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._url = url
+        self._timeout = timeout
+        self._lifetime = lifetime
+        self._cooldown = cooldown
+        self._clock = clock
+        self._keys: dict[str, jwt.PyJWK] = {}
+        self._fetched_at = -math.inf  # the last fetch that succeeded
+        self._tried_at = -math.inf  # the last fetch, whatever came of it
+        self._fetching: asyncio.Task[None] | None = None
+
+    def cached(self, kid: object) -> Any:
+        """The key for `kid` if the cache holds it and is fresh; else AuthenticationFailed."""
+        if not self._fresh():
+            raise AuthenticationFailed("the JWKS is not cached")
+        return self._lookup(kid)
+
+    async def key(self, kid: object) -> Any:
+        """The key for `kid`, fetching the key set first when the cache is stale or lacks it."""
+        if not isinstance(kid, str):
+            raise AuthenticationFailed("the token names no key (kid)")
+        missing = not self._fresh() or kid not in self._keys
+        cooled = self._clock() - self._tried_at >= self._cooldown
+        if missing and cooled and self._fetching is None:
+            self._tried_at = self._clock()
+            self._fetching = asyncio.create_task(self._fetch(), name="jwks-fetch")
+        if missing and self._fetching is not None:
+            # Shielded: a connection that goes away must not cancel the others' fetch.
+            await asyncio.shield(self._fetching)
+        if not self._fresh():
+            raise AuthenticationFailed("the JWKS could not be fetched")
+        return self._lookup(kid)
+
+    async def aclose(self) -> None:
+        """Stops a fetch under way (at shutdown)."""
+        if self._fetching is not None:
+            self._fetching.cancel()
+            await asyncio.gather(self._fetching, return_exceptions=True)
+            self._fetching = None
+
+    def _fresh(self) -> bool:
+        return self._clock() - self._fetched_at < self._lifetime
+
+    def _lookup(self, kid: object) -> Any:
+        found = self._keys.get(kid) if isinstance(kid, str) else None
+        if found is None:
+            raise AuthenticationFailed(f"no key {kid!r} in the JWKS")
+        return found.key
+
+    async def _fetch(self) -> None:
+        """Never raises: the waiters read the outcome from the cache."""
+        try:
+            async with asyncio.timeout(self._timeout), httpx.AsyncClient() as client:
+                response = await client.get(self._url, timeout=self._timeout)
+                response.raise_for_status()
+                keys = _signing_keys(response.json())
+        # Whatever the endpoint sends (JSON of any shape, keys PyJWK chokes on) is a failed fetch.
+        except Exception as error:
+            log.warning("the JWKS at %s could not be fetched: %r", self._url, error)
+        else:
+            self._keys, self._fetched_at = keys, self._clock()
+        finally:
+            self._fetching = None
+
+
+def _signing_keys(document: Any) -> dict[str, jwt.PyJWK]:
+    """A JWKS document's signing keys by `kid` (keys without one cannot be chosen by a token)."""
+    if not isinstance(document, dict):
+        raise ValueError("the JWKS is not a JSON object")
+    key_set = jwt.PyJWKSet.from_dict(document)
+    return {
+        key.key_id: key
+        for key in key_set.keys
+        if key.key_id and key.public_key_use in ("sig", None)
+    }
+
+
 class TokenVerifier:
-    """Verifies tokens with pinned algorithms: `alg: none` and algorithm swaps are refused."""
+    """Verifies tokens with pinned algorithms: `alg: none` and algorithm swaps are refused.
+
+    `verify_async` verifies every kind of token. `verify`, which never waits, does the HMAC and
+    PEM ones, and JWKS ones only while their key is cached.
+    """
 
     def __init__(self, settings: Settings) -> None:
         self._algorithms = list(settings.jwt_algorithms)
@@ -91,17 +203,40 @@ class TokenVerifier:
         self._public_key = (
             settings.jwt_public_key.get_secret_value() if settings.jwt_public_key else None
         )
-        self._jwks = jwt.PyJWKClient(settings.jwt_jwks_url) if settings.jwt_jwks_url else None
+        self.jwks = KeySet(settings.jwt_jwks_url) if settings.jwt_jwks_url else None
 
     def verify(self, token: str) -> Claims:
+        algorithm, kid = self._header(token)
+        if self.jwks is not None and algorithm not in _HMAC_ALGORITHMS:
+            return self._decode(token, self.jwks.cached(kid))
+        return self._decode(token, self._key_for(algorithm))
+
+    async def verify_async(self, token: str) -> Claims:
+        algorithm, kid = self._header(token)
+        if self.jwks is not None and algorithm not in _HMAC_ALGORITHMS:
+            return self._decode(token, await self.jwks.key(kid))
+        return self._decode(token, self._key_for(algorithm))
+
+    async def aclose(self) -> None:
+        if self.jwks is not None:
+            await self.jwks.aclose()
+
+    def _header(self, token: str) -> tuple[str, object]:
+        """The token's algorithm, if it is one of ours, and the `kid` it names (unverified)."""
         try:
             header = jwt.get_unverified_header(token)
-            algorithm = header.get("alg")
-            if algorithm not in self._algorithms:
-                raise AuthenticationFailed(f"token algorithm {algorithm!r} is not accepted")
+        except jwt.PyJWTError as error:
+            raise AuthenticationFailed(f"invalid token: {error.__class__.__name__}") from error
+        algorithm = header.get("alg")
+        if algorithm not in self._algorithms:
+            raise AuthenticationFailed(f"token algorithm {algorithm!r} is not accepted")
+        return algorithm, header.get("kid")
+
+    def _decode(self, token: str, key: Any) -> Claims:
+        try:
             claims = jwt.decode(
                 token,
-                key=self._key_for(token, algorithm),
+                key=key,
                 algorithms=self._algorithms,
                 audience=self._audience,
                 issuer=self._issuer,
@@ -116,13 +251,11 @@ class TokenVerifier:
             raise AuthenticationFailed("the token's exp is not a time")
         return Claims(subject=subject, raw=claims)
 
-    def _key_for(self, token: str, algorithm: str) -> Any:
+    def _key_for(self, algorithm: str) -> Any:
         if algorithm in _HMAC_ALGORITHMS:
             if self._secret is None:
                 raise AuthenticationFailed("no secret is configured for HMAC tokens")
             return self._secret
-        if self._jwks is not None:
-            return self._jwks.get_signing_key_from_jwt(token).key
         if self._public_key is not None:
             return self._public_key
         raise AuthenticationFailed("no public key is configured")
