@@ -252,11 +252,15 @@ async def test_a_callback_receives_the_error_pending_or_page(sio_connect: Any) -
     pending = await client.call({"code": "idea", "room_id": room, "data": {"message": "a"}})
     assert pending["status"] == "pending" and pending["code"] == "idea"
     assert isinstance(pending["event_id"], int)
+    # The assistant answers in the room when it gets to it: wait for the answer, so that the page
+    # below is the same whether the history is read before or after the answer is committed.
+    answer = await client.recv_until(lambda m: m["code"] == "idea_response" and "event_id" in m)
 
     page = await client.call({"code": "history", "room_id": room})
     assert page["code"] == "history"
     assert pending["event_id"] not in [e["event_id"] for e in page["data"]["events"]]
-    assert [e["code"] for e in page["data"]["events"]] == ["system"]  # the join
+    assert [e["code"] for e in page["data"]["events"]] == ["system", "idea_response"]  # the join
+    assert page["data"]["events"][-1] == answer
 
     typing = await client.call({"code": "typing", "room_id": room, "data": {"is_typing": True}})
     assert typing is None  # a signal: nothing answers it
