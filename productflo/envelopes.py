@@ -14,6 +14,11 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
+# Who sees what is productflo.audience's rule; its names are re-exported for renderers' callers.
+from productflo.audience import ANSWER_TYPES as ANSWER_TYPES
+from productflo.audience import HISTORY_TYPES as HISTORY_TYPES
+from productflo.audience import Audience as Audience
+from productflo.audience import audience_of
 from productflo.errors import ErrorCode, ProtocolError
 from productflo.events.models import MAX_POSITION, JsonObject, RecordedEvent
 from productflo.jsontext import decode_object, describe, is_storable, storable
@@ -232,39 +237,11 @@ ANSWER_CODES = {
     "documentation_response": "documentation_response",
     "engineering_response": "engineering_response",
 }
-ANSWER_TYPES = tuple(ANSWER_CODES)
-
-# Stored event types members of a room see (live, replayed, in history pages).
-ROOM_TYPES = ("chat", "join", "leave", *ANSWER_TYPES)
-HISTORY_TYPES = ROOM_TYPES
-# Stored event types a user's own stream delivers to them.
-USER_TYPES = ("notification", *ANSWER_TYPES)
 
 
 def answer_type(request_code: str) -> str:
     """The stored type of the answer to an AI request (`idea` -> `idea_response`)."""
     return f"{request_code}_response"
-
-
-@dataclass(frozen=True)
-class Audience:
-    """Who sees an event: the members of a room, or one user."""
-
-    kind: Literal["room", "user"]
-    name: str
-
-
-def audience_of(type_: str, stream: str, actor: str | None) -> Audience | None:
-    """Who sees a stored event; None for events clients never see (`rejected`)."""
-    kind, _, name = stream.partition(":")
-    if kind == "room" and type_ in ROOM_TYPES:
-        return Audience("room", name)
-    if kind == "user" and type_ in USER_TYPES:
-        return Audience("user", name)
-    if type_ in AI_CODES and actor is not None:
-        # A request is acknowledged to its sender; the answer, a later event, goes to the room.
-        return Audience("user", actor)
-    return None
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from productflo.envelopes import HISTORY_TYPES, render_event
+from productflo.audience import HISTORY_TYPES
+from productflo.envelopes import render_event
 from productflo.events.checkpoints import checkpoint
 from productflo.events.models import MAX_POSITION, JsonObject, room_stream
 from productflo.events.store import EventStore

@@ -28,15 +28,15 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from productflo import metrics
+from productflo import membership, metrics
 from productflo.access import Access, event_room
+from productflo.audience import membership_change
 from productflo.envelopes import Audience, envelope, now_iso, render_event
 from productflo.errors import CloseCode, StoreError
 from productflo.events.models import JsonObject, RecordedEvent
 from productflo.events.store import EventStore
 from productflo.events.tailer import Tailer
 from productflo.outbox import Outgoing
-from productflo.projections import membership
 
 if TYPE_CHECKING:
     from productflo.session import Session
@@ -167,7 +167,8 @@ class Hub:
         await self.access.load(rooms)
 
     def _dispatch(self, event: RecordedEvent) -> None:
-        if event.type == "join":
+        when = membership_change(event.type)
+        if when == "before":
             self._apply_membership(event)  # the joiner sees their own join
         rendered = render_event(event)
         if rendered is not None:
@@ -189,7 +190,7 @@ class Hub:
                 # The sender's copy is its acknowledgement, even where the event's audience
                 # leaves it out (a `leave` of a room it was not in): every message is answered.
                 sender.deliver(outgoing)
-        if event.type == "leave":
+        if when == "after":
             self._apply_membership(event)  # ... and the leaver their own leave
 
     def _may_read(self, session: Session, room: str) -> bool:

@@ -20,9 +20,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 from productflo.access import room_about
+from productflo.audience import Visibility
 from productflo.events.models import RecordedEvent, room_stream, user_stream
 from productflo.events.store import EventStore
-from productflo.projections.membership import Visibility, rooms_of
+from productflo.membership import rooms_of
 
 CHUNK = 1000
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
-from productflo.envelopes import HISTORY_TYPES
+from productflo.audience import HISTORY_TYPES
 from productflo.events.models import RecordedEvent
 from productflo.events.store import EventStore, record
 from productflo.projections.framework import Connection, read_rows
