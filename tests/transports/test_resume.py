@@ -526,11 +526,14 @@ async def test_every_answer_to_a_message_with_a_client_msg_id_carries_it_rate_li
 ) -> None:
     """A client keeps what it sent until an answer names it (client_msg_id), and resends the rest
     after reconnecting: an answer that does not name its message leaves the client guessing."""
-    server = start_server(rate_limit=5)  # bursts of 10
+    # Bursts of 10 (the join takes one); 40 sent at once cannot all be admitted by tokens that
+    # come back while a loaded server reads them (30 take 6 s), nor be refused often enough to
+    # be abuse (50).
+    server = start_server(rate_limit=5)
     alice = await Client.open(f"{server.ws}/ws?user_id=alice")
     try:
         await alice.join("r")
-        sent = [f"c-{n}" for n in range(15)]
+        sent = [f"c-{n}" for n in range(40)]
         for client_msg_id in sent:
             await alice.chat("r", client_msg_id, client_msg_id=client_msg_id)
         answers = [
