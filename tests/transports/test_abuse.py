@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 from typing import Any
 
@@ -109,17 +110,23 @@ async def test_every_refused_frame_names_its_client_msg_id(
     assert sorted(refused + acked, key=lambda c: int(c[1:])) == [f"c{n}" for n in range(sent)]
 
 
+# Long enough for a loaded machine to connect and commit a first message before it expires.
+LIFETIME = 3.0
+
+
 def _token(server: ServerThread, user: str, lifetime: float) -> str:
+    """A token that expires `lifetime` seconds from now or up to a second later (`exp` is whole
+    seconds: rounded down, a lifetime of 2 s left as little as 1 s)."""
     secret = server.settings.jwt_secret
     assert secret is not None
-    claims = {"sub": user, "exp": int(time.time() + lifetime)}
+    claims = {"sub": user, "exp": math.ceil(time.time() + lifetime)}
     return jwt.encode(claims, secret.get_secret_value(), algorithm="HS256")
 
 
 async def test_a_connection_is_closed_4401_when_its_token_expires(
     connect: Any, server: ServerThread
 ) -> None:
-    alice = await connect(f"/ws/secure?access_token={_token(server, 'alice', 2)}")
+    alice = await connect(f"/ws/secure?access_token={_token(server, 'alice', LIFETIME)}")
     await alice.chat("r", "before")
     ack = await alice.recv_code("chat_response")
     assert ack["data"]["message"] == "before"
@@ -189,7 +196,7 @@ async def test_a_socketio_connection_is_closed_4401_when_its_token_expires(
     server: ServerThread,
 ) -> None:
     client = _SioReader()
-    await client.open(server, auth={"token": _token(server, "alice", 2)})
+    await client.open(server, auth={"token": _token(server, "alice", LIFETIME)})
     try:
         await asyncio.wait_for(client.gone.wait(), TIMEOUT)
     finally:
