@@ -26,10 +26,10 @@ import itertools
 import logging
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from productflo import membership, metrics
-from productflo.access import Access, event_room
+from productflo.access import Access, Principal, event_room
 from productflo.audience import membership_change
 from productflo.envelopes import Audience, envelope, now_iso, render_event
 from productflo.errors import CloseCode, StoreError
@@ -38,10 +38,33 @@ from productflo.events.store import EventStore
 from productflo.events.tailer import Tailer
 from productflo.outbox import Outgoing
 
-if TYPE_CHECKING:
-    from productflo.session import Session
-
 log = logging.getLogger(__name__)
+
+
+class Recipient(Protocol):
+    """What the hub delivers to: one connection (productflo.session.Session, structurally). The
+    hub knows this much of a session and no more, so that the arrow points one way."""
+
+    @property
+    def id(self) -> str:
+        """The connection's id, as appended events carry it in `metadata.connection_id`."""
+        ...
+
+    @property
+    def user_id(self) -> str: ...
+
+    @property
+    def identity(self) -> Principal: ...
+
+    def deliver(self, message: Outgoing) -> None:
+        """Queue an envelope; never waits."""
+        ...
+
+    def request_close(self, code: int, reason: str, *, drain: bool = True) -> None: ...
+
+    async def wait_closed(self) -> None:
+        """Return once the connection is closed (the lifespan's shutdown waits for it)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -56,8 +79,8 @@ class Hub:
         self.access = Access(store)
         self._looked_up = False  # whether the rooms of the batch being dispatched were looked up
         self._poll_interval = poll_interval
-        self._sessions: dict[str, set[Session]] = defaultdict(set)
-        self._connections: dict[str, Session] = {}  # session id -> session
+        self._sessions: dict[str, set[Recipient]] = defaultdict(set)
+        self._connections: dict[str, Recipient] = {}  # session id -> session
         self._rooms: dict[str, set[str]] = {}  # user -> rooms, for users connected here
         self._members: dict[str, set[str]] = defaultdict(set)  # room -> users connected here
         self._lock = asyncio.Lock()
@@ -83,12 +106,12 @@ class Hub:
             self._tailer.close()
 
     @property
-    def sessions(self) -> list[Session]:
+    def sessions(self) -> list[Recipient]:
         return [session for group in self._sessions.values() for session in group]
 
     # -- sessions ------------------------------------------------------------------------------
 
-    async def attach(self, session: Session) -> Attachment:
+    async def attach(self, session: Recipient) -> Attachment:
         """Register a session for delivery from the next position on; returns its user's rooms
         and that position (everything after it will be delivered to the session).
 
@@ -106,7 +129,7 @@ class Hub:
             metrics.CONNECTIONS.inc()
             return Attachment(frozenset(readable), self.dispatched)
 
-    def detach(self, session: Session) -> None:
+    def detach(self, session: Recipient) -> None:
         user = session.user_id
         group = self._sessions.get(user)
         if group is None or session not in group:
@@ -193,7 +216,7 @@ class Hub:
         if when == "after":
             self._apply_membership(event)  # ... and the leaver their own leave
 
-    def _may_read(self, session: Session, room: str) -> bool:
+    def _may_read(self, session: Recipient, room: str) -> bool:
         allowed = self.access.may_read(session.identity, room, looked_up=self._looked_up)
         if allowed is None:
             # Whether the room is secure could not be looked up: rather than guess, close the

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from productflo import history, metrics, replay
-from productflo.access import Action, event_room
+from productflo.access import Access, Action, event_room
 from productflo.auth import Claims
 from productflo.envelopes import (
     AI_CODES,
@@ -68,6 +68,7 @@ from productflo.events.models import (
     room_stream,
     user_stream,
 )
+from productflo.events.store import EventStore
 from productflo.hub import Hub
 from productflo.jsontext import storable
 from productflo.outbox import Close, Outbox, Outgoing
@@ -163,12 +164,20 @@ def _action(code: InboundCode) -> Action:
 
 class Session:
     def __init__(
-        self, hub: Hub, settings: Settings, identity: Identity, transport: Transport
+        self,
+        hub: Hub,
+        store: EventStore,
+        access: Access,
+        settings: Settings,
+        identity: Identity,
+        transport: Transport,
     ) -> None:
         self.id = uuid.uuid4().hex
         self.identity = identity
         self.state = State.OPEN
         self._hub = hub
+        self._store = store
+        self._access = access
         self._settings = settings
         self._transport = transport
         self._outbox = Outbox(settings.outbound_queue_size, settings.outbound_queue_bytes)
@@ -210,7 +219,7 @@ class Session:
         details: JsonObject = {
             "authenticated": self.identity.authenticated,
             "rooms": sorted(attachment.rooms),
-            "log_id": str(self._hub.store.log_id),
+            "log_id": str(self._store.log_id),
             "last_event_id": attachment.position,
         }
         self._put_first(welcome(self.user_id, details))
@@ -226,7 +235,7 @@ class Session:
         when a NOTIFY is lost), so a client may have seen, through another process, a position
         this one has not reached yet; attached before it, the session would take it for a
         position of another log and answer reset."""
-        store = self._hub.store
+        store = self._store
         if resume.log_id not in (None, str(store.log_id)):
             return
         if self._hub.dispatched < resume.last_event_id <= await store.head():
@@ -327,7 +336,7 @@ class Session:
             await self._outbox.put(item)
 
     async def _replay(self, resume: Resume, upto: int) -> None:
-        log_id = str(self._hub.store.log_id)
+        log_id = str(self._store.log_id)
         try:
             if resume.last_event_id > upto or resume.log_id not in (None, log_id):
                 # Another log (the database was recreated): its positions mean nothing here.
@@ -360,14 +369,14 @@ class Session:
         self._held = None
 
     async def _replay_missed(self, after: int, upto: int) -> None:
-        store = self._hub.store
+        store = self._store
         found = await replay.missed(
             store,
             self.user_id,
             after,
             upto,
             self._settings.replay_limit,
-            readable=functools.partial(self._hub.access.readable, self.identity),
+            readable=functools.partial(self._access.readable, self.identity),
         )
         async for event in replay.events_at(store, found.positions):
             rendered = render_event(event)
@@ -473,7 +482,7 @@ class Session:
 
     async def _handle(self, inbound: Inbound, frame: str | bytes, answered: Answer) -> None:
         assert inbound.room_id is not None  # every code needs a room (parse_inbound)
-        access = self._hub.access
+        access = self._access
         # Before anything is submitted: a refused message is never appended to the room.
         await access.check(
             self.identity,
@@ -494,7 +503,7 @@ class Session:
         events = self._events_for(inbound, inbound.room_id)
         # Nothing awaited since the check: if this opens the room, others are judged by it.
         access.opening(inbound.room_id, self.identity.authenticated)
-        future = self._hub.store.submit(events)
+        future = self._store.submit(events)
         self._unsettled += 1
         self._settled.clear()
         await self._in_flight.put(_InFlight(inbound, inbound.room_id, future, frame, answered))
@@ -512,7 +521,7 @@ class Session:
         try:
             results = await item.future
         except StoreError as error:
-            self._hub.access.settled(item.room_id)
+            self._access.settled(item.room_id)
             if isinstance(error, AppendRefused):
                 # Another process opened the room from /ws/secure in the instant between this
                 # connection's check and its append; the log refused it (migration 0006).
@@ -531,13 +540,13 @@ class Session:
         if not last.duplicate and item.answered is not _unheard:
             rendered = render_event(last.event)
             item.answered(rendered.envelope if rendered is not None else None)
-        self._hub.access.settled(item.room_id)
+        self._access.settled(item.room_id)
         self._settle(item.room_id)
 
     async def _answer_duplicate(self, item: _InFlight, original: RecordedEvent) -> None:
         room = event_room(original)
         try:
-            allowed = room is None or bool(await self._hub.access.readable(self.identity, [room]))
+            allowed = room is None or bool(await self._access.readable(self.identity, [room]))
         except StoreError:
             self.refuse(_failed(item.inbound), item.answered)
             return
@@ -606,7 +615,7 @@ class Session:
 
     async def _history(self, inbound: Inbound, room_id: str) -> JsonObject:
         limit = inbound.data.limit or MAX_HISTORY_LIMIT
-        found = await history.page(self._hub.store, room_id, inbound.data.before, limit)
+        found = await history.page(self._store, room_id, inbound.data.before, limit)
         return envelope(
             "success",
             "history",
@@ -626,7 +635,7 @@ class Session:
             "frame": storable(text[:_REJECTED_FRAME_KEPT]),
         }
         event = NewEvent(user_stream(self.user_id), "rejected", data, self._metadata())
-        self._hub.store.submit([event])  # for audit only: nobody waits for it
+        self._store.submit([event])  # for audit only: nobody waits for it
 
 
 def _rate_limited(frame: str | bytes) -> ProtocolError:

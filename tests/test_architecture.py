@@ -57,9 +57,7 @@ def test_no_sql_names_the_log_tables_outside_events() -> None:
         for line, text in _strings(tree)
         if _LOG_SQL.search(text)
     ]
-    assert not found, "SQL naming the log's tables outside productflo/events/:\n" + "\n".join(
-        found
-    )
+    assert not found, "SQL naming the log's tables outside productflo/events/:\n" + "\n".join(found)
 
 
 def test_the_known_exceptions_still_need_to_be_known() -> None:
@@ -67,3 +65,72 @@ def test_the_known_exceptions_still_need_to_be_known() -> None:
     trees = dict(_modules())
     stale = [n for n in _KNOWN if not any(_LOG_SQL.search(t) for _, t in _strings(trees[n]))]
     assert not stale, f"no longer naming the log's tables, remove from _KNOWN: {stale}"
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports() -> dict[str, set[str]]:
+    """Each module of the package, and the package's modules it imports (under TYPE_CHECKING
+    and inside functions too: a cycle there is still two modules that need each other)."""
+    paths = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in paths.items():
+        targets: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.Import):
+                targets |= {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                for alias in node.names:
+                    submodule = f"{node.module}.{alias.name}"
+                    targets.add(submodule if submodule in paths else node.module)
+        graph[name] = {t for t in targets if t in paths and t != name}
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for target in sorted(graph[node]):
+            if target not in index:
+                visit(target)
+                low[node] = min(low[node], low[target])
+            elif target in stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def test_the_package_has_no_import_cycle() -> None:
+    """Arrows point one way (STYLE.md 13): where two modules need each other, one of them is
+    missing a Protocol."""
+    graph = _imports()
+    assert "productflo.events.store" in graph["productflo.hub"]  # the walk sees imports at all
+    cycles = _cycles(graph)
+    assert not cycles, "import cycles: " + "; ".join(" <-> ".join(c) for c in cycles)
+
+
+def test_the_cycle_finder_finds_a_cycle() -> None:
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert _cycles(graph) == [["a", "b", "c"]]

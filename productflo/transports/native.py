@@ -128,7 +128,9 @@ async def secure_endpoint(websocket: WebSocket) -> None:
 async def serve_session(websocket: WebSocket, identity: Identity) -> None:
     """Run a session over an accepted socket until either side ends it."""
     hub: Hub = websocket.app.state.hub
-    session = Session(hub, websocket.app.state.settings, identity, NativeTransport(websocket))
+    settings = websocket.app.state.settings
+    transport = NativeTransport(websocket)
+    session = Session(hub, hub.store, hub.access, settings, identity, transport)
     query = websocket.query_params
     refusal: ProtocolError | None = None
     try:

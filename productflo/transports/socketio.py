@@ -354,7 +354,9 @@ def create_server(app_state: Any, settings: Settings) -> _Server:
             )
         except ProtocolError as error:
             resume = error
-        session = Session(app_state.hub, settings, identity, SocketIOTransport(sio, sid))
+        hub = app_state.hub
+        transport = SocketIOTransport(sio, sid)
+        session = Session(hub, hub.store, hub.access, settings, identity, transport)
         connection = _Connection(session)
         connections[sid] = connection
         connection.opened = asyncio.create_task(open_session(sid, connection, resume))
