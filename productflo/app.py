@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.datastructures import State
 
 from productflo.ai.assistant import Assistant
 from productflo.ai.providers import create_provider
@@ -36,32 +37,13 @@ _STATIC = Path(__file__).parent / "static"
 def create_app(settings: Settings, database: DatabaseUrl) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        provider = create_provider(settings)  # a bad AI configuration stops the start, clearly
-        store = EventStore(database.dsn)
-        await store.start()
-        hub = Hub(store, poll_interval=settings.poll_interval)
-        await hub.start()
-        consumers = [*PROJECTIONS.values(), Mentions(store)]
-        runners = [Runner(store, c, settings.poll_interval) for c in consumers]
-        for runner in runners:
-            await runner.start()
-        assistant = Assistant(store, hub, settings, provider)
-        await assistant.start()
-        app.state.store, app.state.hub, app.state.assistant = store, hub, assistant
-        log.info("serving log %s from position %d", store.log_id, hub.dispatched)
-        try:
+        async with AsyncExitStack() as stack:
+            stack.push_async_callback(app.state.verifier.aclose)
+            await _start(stack, app.state, settings, database)
+            log.info(
+                "serving log %s from position %d", app.state.store.log_id, app.state.hub.dispatched
+            )
             yield
-        finally:
-            # Stop taking messages, commit what was accepted, then tell clients to come back.
-            for session in hub.sessions:
-                session.request_close(CloseCode.SERVICE_RESTART, "server restarting")
-            for session in hub.sessions:
-                await session.wait_closed()
-            await assistant.stop()
-            for runner in runners:
-                await runner.stop()
-            await store.close()
-            await hub.stop()
 
     app = FastAPI(title="ProductFlo realtime server", lifespan=lifespan)
     app.state.settings = settings
@@ -129,6 +111,41 @@ def _detail(error: Mapping[str, object]) -> dict[str, object]:
         "msg": describe(field, _HTTP_RULES),
         "type": error_type if isinstance(error_type, str) else "invalid",
     }
+
+
+async def _start(
+    stack: AsyncExitStack, state: State, settings: Settings, database: DatabaseUrl
+) -> None:
+    """Start the process's parts in order, each one's stop pushed onto `stack` just before it
+    starts: leaving the stack stops them in the reverse order (sessions, assistant, runners, hub,
+    store, provider), and a start that fails stops what had started, itself included (the store's
+    pool opened, its first query refused). Every stop is a no-op for what did not start."""
+    provider = create_provider(settings)  # a bad AI configuration stops the start, before any I/O
+    stack.push_async_callback(provider.aclose)
+    store = EventStore(database.dsn)
+    stack.push_async_callback(store.close)
+    await store.start()
+    hub = Hub(store, poll_interval=settings.poll_interval)
+    stack.push_async_callback(hub.stop)  # before the store's close: its tailer reads the store
+    await hub.start()
+    for consumer in [*PROJECTIONS.values(), Mentions(store)]:
+        runner = Runner(store, consumer, settings.poll_interval)
+        stack.push_async_callback(runner.stop)
+        await runner.start()
+    assistant = Assistant(store, hub, settings, provider)
+    stack.push_async_callback(assistant.stop)
+    await assistant.start()
+    state.store, state.hub, state.assistant = store, hub, assistant
+    stack.push_async_callback(_close_sessions, hub)
+
+
+async def _close_sessions(hub: Hub) -> None:
+    """Stop taking messages, commit what was accepted, then tell clients to come back; the rest
+    stops only once every session has closed."""
+    for session in hub.sessions:
+        session.request_close(CloseCode.SERVICE_RESTART, "server restarting")
+    for session in hub.sessions:
+        await session.wait_closed()
 
 
 def create_app_from_environment() -> FastAPI:

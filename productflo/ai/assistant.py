@@ -102,11 +102,11 @@ class Assistant:
         self._task = asyncio.create_task(self._lead(), name="ai-assistant")
 
     async def stop(self) -> None:
+        """Stops answering; the provider stays open (whoever made it closes it)."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        await self.provider.aclose()
 
     # -- leadership ----------------------------------------------------------------------------
 
