@@ -43,11 +43,12 @@ from productflo.envelopes import (
     envelope,
 )
 from productflo.errors import ErrorCode, StoreError, StoreUnavailable
+from productflo.events.checkpoints import advance_checkpoint, checkpoint, create_checkpoint
 from productflo.events.models import JsonObject, NewEvent, RecordedEvent, room_stream, user_stream
 from productflo.events.store import EventStore, connect
 from productflo.events.tailer import Tailer
 from productflo.hub import Hub
-from productflo.projections.framework import FOLD_SECONDS, checkpoint
+from productflo.projections.framework import FOLD_SECONDS
 from productflo.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -93,12 +94,7 @@ class Assistant:
     async def start(self) -> None:
         # The first start in a database begins at the head: requests stored by a release that had
         # no assistant (acknowledged, and told so) are not answered months later, all at once.
-        async with self._store.pool.acquire() as connection:
-            await connection.execute(
-                "INSERT INTO projection_checkpoints (name, position) "
-                "SELECT $1, position FROM log_head ON CONFLICT (name) DO NOTHING",
-                NAME,
-            )
+        await create_checkpoint(self._store.pool, NAME, at_head=True)
         self._task = asyncio.create_task(self._lead(), name="ai-assistant")
 
     async def stop(self) -> None:
@@ -203,12 +199,7 @@ class Assistant:
             return
         self._saved = done
         with contextlib.suppress(Exception):  # a later save, or the next leader, catches up
-            await self._store.pool.execute(
-                "UPDATE projection_checkpoints SET position = greatest(position, $2), "
-                "updated_at = now() WHERE name = $1",
-                NAME,
-                done,
-            )
+            await advance_checkpoint(self._store.pool, NAME, done)
 
     # -- one request ---------------------------------------------------------------------------
 
@@ -236,7 +227,7 @@ class Assistant:
                 log.exception("AI request %d: its failure could not be stored", request.position)
 
     async def _answer_once(self, request: RecordedEvent) -> None:
-        if await self._store.fetch("SELECT 1 FROM events WHERE event_id = $1", answer_id(request)):
+        if await self._store.contains(answer_id(request)):
             return  # answered before a crash, and the checkpoint did not move past it yet
         started = time.monotonic()
         asked = await self._request(request)
