@@ -418,11 +418,6 @@ class EventStore:
         value = await self._fetchval("SELECT log_id FROM log_head")
         return uuid.UUID(str(value))
 
-    async def fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
-        """Deprecated: kept only for productflo/ai/assistant.py until it asks `contains()`;
-        everything else asks the store by the name of what it wants."""
-        return await self._fetch(query, *args)
-
     async def _fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
         async with translated():
             return list(await self.pool.fetch(query, *args))
