@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 from productflo.projections.framework import Projection
-from productflo.projections.memberships import Memberships
 from productflo.projections.messages import Messages
 from productflo.projections.notifications import Notifications
 from productflo.projections.rooms import Rooms
 
-PROJECTIONS: dict[str, Projection] = {
-    p.name: p for p in (Rooms(), Memberships(), Messages(), Notifications())
-}
+PROJECTIONS: dict[str, Projection] = {p.name: p for p in (Rooms(), Messages(), Notifications())}
 
 __all__ = ["PROJECTIONS", "Projection"]

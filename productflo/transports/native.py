@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
-import re
-import uuid
 from http.cookies import SimpleCookie
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from starlette.websockets import WebSocketState
 
-from productflo.ai.prompts import ASSISTANT_ID
 from productflo.auth import TokenVerifier, check_origin, find_token
 from productflo.envelopes import error_envelope
 from productflo.errors import (
@@ -23,25 +20,13 @@ from productflo.errors import (
 )
 from productflo.events.models import JsonObject
 from productflo.hub import Hub
+from productflo.identity import generated_user_id, id_problem
 from productflo.session import Identity, Resume, Session
 from productflo.settings import Settings
 
 log = logging.getLogger(__name__)
 
 router = APIRouter()
-
-_ANONYMOUS_ID = re.compile(r"^[A-Za-z0-9_.@:+|=~\-]{1,128}$")
-# Ids nobody may claim without a token: the assistant's answers come from "haitch".
-RESERVED_IDS = frozenset({ASSISTANT_ID})
-
-
-def id_problem(named: str) -> str | None:
-    """Why an anonymous connection may not call itself `named`; None when it may."""
-    if not _ANONYMOUS_ID.match(named):
-        return "user_id is not a valid id"
-    if named.lower() in RESERVED_IDS:
-        return f"user_id {named!r} is reserved"
-    return None
 
 
 class NativeTransport:
@@ -68,10 +53,6 @@ def anonymous_identity(websocket: WebSocket) -> tuple[str | None, bool]:
         if value:
             return value, from_cookie
     return None, False
-
-
-def generated_user_id() -> str:
-    return f"anon-{uuid.uuid4().hex[:16]}"
 
 
 def user_id_cookie(user_id: str) -> tuple[bytes, bytes]:

@@ -46,10 +46,10 @@ from productflo.errors import (
     ProtocolError,
 )
 from productflo.events.models import JsonObject
+from productflo.identity import generated_user_id, id_problem
 from productflo.jsontext import storable
 from productflo.session import Identity, Resume, Session
 from productflo.settings import Settings
-from productflo.transports.native import generated_user_id, id_problem
 
 log = logging.getLogger(__name__)
 
