@@ -84,11 +84,22 @@ class Connection(Protocol):
 
 
 def _own_words(envelope: Envelope, text: str) -> str:
-    """The text of an envelope without the stored events a history page carries."""
+    """The text of an envelope without the clients' words it carries: the stored events of a
+    history page, and the text of a piece of the assistant's answer as it streams (the stored
+    answer, which quotes the room as the pieces do, has an event_id and is not looked at either).
+    A piece reaches every member of the room whenever the assistant gets to it, during whichever
+    frame is in flight: what it quotes must not be judged against that frame."""
     data = envelope.get("data")
-    if envelope.get("code") != "history" or not isinstance(data, dict) or "events" not in data:
+    if not isinstance(data, dict):
         return text
-    return json.dumps({**envelope, "data": {**data, "events": []}})
+    if envelope.get("code") == "history" and "events" in data:
+        return json.dumps({**envelope, "data": {**data, "events": []}})
+    details = data.get("details")
+    if envelope.get("code") == "logs" and isinstance(details, dict):
+        if details.get("step") == "stream":
+            quoted = {**data, "message": "", "details": {**details, "delta": ""}}
+            return json.dumps({**envelope, "data": quoted})
+    return text
 
 
 def _drain(queue: asyncio.Queue[Item]) -> list[Item]:
