@@ -201,7 +201,7 @@ async def test_a_commit_in_another_process_wakes_a_waiting_tailer(
                 await asyncio.sleep(0.2)  # the tailer has read nothing and sleeps on its wake-up
                 assert not waiting.done()
                 await writer_store.append([new_event(n=n)])
-                async with asyncio.timeout(5):
+                async with asyncio.timeout(10):  # a commit and a NOTIFY; the poll takes 30 s
                     assert positions(await waiting) == [n]
         tailer.close()
 
@@ -212,7 +212,7 @@ async def _until_listening(store: EventStore, url: DatabaseUrl) -> None:
     unsubscribe = store.subscribe_wakeups(woken.set)
     connection = await connect(url.dsn)
     try:
-        async with asyncio.timeout(5):
+        async with asyncio.timeout(10):
             while not woken.is_set():
                 await connection.execute("SELECT pg_notify($1, '0')", NOTIFY_CHANNEL)
                 await asyncio.sleep(0.05)

@@ -28,7 +28,7 @@
 const { io } = require('socket.io-client');
 const WebSocket = require('ws');
 
-const STEP_MS = 5000;
+const STEP_MS = 10000; // the longest wait for one step (a commit on a loaded machine can take a while)
 const RUN_MS = 25000;
 const SETTLE_MS = 300; // how long to listen for what should not come
 const CLOSE_MS = 5000; // how long to let the sockets close before exiting anyway
