@@ -11,8 +11,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import httpx
 import jwt
 import pytest
+import socketio
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 
@@ -215,3 +217,33 @@ async def test_the_sync_verify_takes_a_jwks_key_only_from_the_cache(
     assert jwks.requests == 0
     await tokens.verify_async(rs256())
     assert tokens.verify(rs256()).subject == "rsa-user"
+
+
+async def test_a_jwks_token_opens_every_entry_point(
+    start_server: Any, connect_to: Any, jwks: JwksServer
+) -> None:
+    """/ws/secure, Socket.IO and the HTTP API take a token whose key comes from the JWKS."""
+    server = start_server(jwt_jwks_url=jwks.url, jwt_algorithms=["RS256"])
+    client = await connect_to(server, f"/ws/secure?access_token={rs256(user='ws-user')}")
+    assert client.user_id == "ws-user"
+
+    sio = socketio.AsyncClient(reconnection=False)
+    welcomed: asyncio.Queue[Any] = asyncio.Queue()
+    sio.on("message", welcomed.put)
+    await sio.connect(
+        server.http,
+        socketio_path="/ws",
+        transports=["websocket"],
+        auth={"token": rs256(user="sio-user")},
+        wait_timeout=TIMEOUT,
+    )
+    try:
+        welcome = await asyncio.wait_for(welcomed.get(), TIMEOUT)
+        assert welcome["data"]["data"]["details"]["user_id"] == "sio-user"
+    finally:
+        await sio.disconnect()
+
+    async with httpx.AsyncClient(base_url=server.http) as http:
+        headers = {"Authorization": f"Bearer {rs256(user='http-user')}"}
+        response = await http.get("/users/me/notifications", headers=headers)
+    assert response.status_code == 200, response.text

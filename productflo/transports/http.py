@@ -22,14 +22,14 @@ MAX_NOTIFICATIONS = 100
 _CHALLENGE = {"WWW-Authenticate": "Bearer"}
 
 
-def bearer_claims(request: Request) -> Claims:
+async def bearer_claims(request: Request) -> Claims:
     """The verified claims of the request's `Authorization: Bearer` token, or 401."""
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise HTTPException(401, "a Bearer token is required", headers=_CHALLENGE)
     verifier: TokenVerifier = request.app.state.verifier
     try:
-        return verifier.verify(token.strip())
+        return await verifier.verify_async(token.strip())
     except AuthenticationFailed:
         raise HTTPException(401, "the token is not valid", headers=_CHALLENGE) from None
 

@@ -88,7 +88,7 @@ async def secure_endpoint(websocket: WebSocket) -> None:
         found = find_token(websocket.query_params, websocket.cookies, websocket.headers)
         if found.from_cookie:
             check_origin(settings, websocket.headers.get("origin"), websocket.headers.get("host"))
-        claims = verifier.verify(found.token)
+        claims = await verifier.verify_async(found.token)
     except AuthenticationFailed as failure:
         log.info("secure connection refused: %s", failure)
         code = (

@@ -274,7 +274,7 @@ def _query(environ: dict[str, Any]) -> dict[str, str]:
     return {key: values[0] for key, values in parsed.items() if values}
 
 
-def identify(
+async def identify(
     settings: Settings, verifier: TokenVerifier, environ: dict[str, Any], auth: dict[str, Any]
 ) -> Identity:
     """auth.token (or the access_token cookie, origin permitting), else header User-ID, else
@@ -288,7 +288,7 @@ def identify(
         try:
             if from_cookie:
                 check_origin(settings, environ.get("HTTP_ORIGIN"), environ.get("HTTP_HOST"))
-            claims = verifier.verify(str(token))
+            claims = await verifier.verify_async(str(token))
         except ForbiddenOrigin as failure:
             log.info("socket.io connection refused: %s", failure)
             raise socketio.exceptions.ConnectionRefusedError(
@@ -344,7 +344,7 @@ def create_server(app_state: Any, settings: Settings) -> _Server:
         if isinstance(auth, TooDeep):
             raise socketio.exceptions.ConnectionRefusedError("auth is nested too deep")
         fields: dict[str, Any] = auth if isinstance(auth, dict) else {}
-        identity = identify(settings, app_state.verifier, environ, fields)
+        identity = await identify(settings, app_state.verifier, environ, fields)
         query = _query(environ)
         resume: Resume | ProtocolError | None
         try:
