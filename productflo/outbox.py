@@ -55,10 +55,6 @@ class Outbox:
         self._taken = asyncio.Event()  # set whenever the writer takes an item
         self._added = asyncio.Event()
 
-    @property
-    def bytes(self) -> int:
-        return self._bytes
-
     def __len__(self) -> int:
         return len(self._items)
 

@@ -99,7 +99,7 @@ class Transport(Protocol):
 
     name: str
 
-    async def send(self, message: JsonObject) -> None: ...
+    async def send(self, message: Outgoing) -> None: ...
 
     async def close(self, code: int, reason: str) -> None: ...
 
@@ -402,7 +402,7 @@ class Session:
                 if isinstance(item, Close):
                     await self._transport.close(item.code, item.reason)
                     return
-                await self._transport.send(item.envelope)
+                await self._transport.send(item)
             except Exception:  # the socket is gone; the receive side will notice
                 log.debug("session %s: send failed", self.id, exc_info=True)
                 return

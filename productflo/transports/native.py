@@ -18,9 +18,9 @@ from productflo.errors import (
     ForbiddenOrigin,
     ProtocolError,
 )
-from productflo.events.models import JsonObject
 from productflo.hub import Hub
 from productflo.identity import generated_user_id, id_problem
+from productflo.outbox import Outgoing
 from productflo.session import Identity, Resume, Session
 from productflo.settings import Settings
 
@@ -35,8 +35,8 @@ class NativeTransport:
     def __init__(self, websocket: WebSocket) -> None:
         self._websocket = websocket
 
-    async def send(self, message: JsonObject) -> None:
-        await self._websocket.send_text(json.dumps(message))
+    async def send(self, message: Outgoing) -> None:
+        await self._websocket.send_text(message.text)  # encoded once for every recipient
 
     async def close(self, code: int, reason: str) -> None:
         if self._websocket.application_state is WebSocketState.CONNECTED:

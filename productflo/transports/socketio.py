@@ -48,6 +48,7 @@ from productflo.errors import (
 from productflo.events.models import JsonObject
 from productflo.identity import generated_user_id, id_problem
 from productflo.jsontext import storable
+from productflo.outbox import Outgoing
 from productflo.session import Identity, Resume, Session
 from productflo.settings import Settings
 
@@ -197,13 +198,13 @@ class SocketIOTransport:
         self._sid = sid
         self._closing: asyncio.Task[None] | None = None
 
-    async def send(self, message: JsonObject) -> None:
-        await self._sio.emit("message", {"data": message}, to=self._sid)
+    async def send(self, message: Outgoing) -> None:
+        await self._sio.emit("message", {"data": message.envelope}, to=self._sid)
 
     async def close(self, code: int, reason: str) -> None:
         # Socket.IO has no close codes: the last envelope says why, then the server disconnects.
         log.info("socket.io %s closed by the server: %d %s", self._sid, code, reason)
-        await self.send(closing_envelope(code, reason))
+        await self.send(Outgoing(closing_envelope(code, reason)))
         # Disconnecting runs the disconnect handler, which finishes the session (and so cancels
         # the writer task calling this): let it run in a task of its own.
         self._closing = asyncio.create_task(self._sio.disconnect(self._sid))
