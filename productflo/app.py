@@ -13,18 +13,18 @@ from fastapi.responses import FileResponse, JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.datastructures import State
 
-from productflo.ai.assistant import Assistant
 from productflo.ai.providers import create_provider
 from productflo.auth import TokenVerifier
+from productflo.consumers import Consumer, Runner
 from productflo.database import DatabaseUrl, resolve
 from productflo.envelopes import FIELD_RULES
 from productflo.errors import CloseCode, StoreError
 from productflo.events.store import EventStore
+from productflo.handlers.assistant import Assistant
 from productflo.handlers.mentions import Mentions
 from productflo.hub import Hub
 from productflo.jsontext import describe, safe_location
 from productflo.projections import PROJECTIONS
-from productflo.projections.framework import Runner
 from productflo.settings import Settings
 from productflo.transports import admin, http, native
 from productflo.transports import socketio as socketio_transport
@@ -117,7 +117,7 @@ async def _start(
     stack: AsyncExitStack, state: State, settings: Settings, database: DatabaseUrl
 ) -> None:
     """Start the process's parts in order, each one's stop pushed onto `stack` just before it
-    starts: leaving the stack stops them in the reverse order (sessions, assistant, runners, hub,
+    starts: leaving the stack stops them in the reverse order (sessions, consumers' runners, hub,
     store, provider), and a start that fails stops what had started, itself included (the store's
     pool opened, its first query refused). Every stop is a no-op for what did not start."""
     provider = create_provider(settings)  # a bad AI configuration stops the start, before any I/O
@@ -128,13 +128,12 @@ async def _start(
     hub = Hub(store, poll_interval=settings.poll_interval)
     stack.push_async_callback(hub.stop)  # before the store's close: its tailer reads the store
     await hub.start()
-    for consumer in [*PROJECTIONS.values(), Mentions(store)]:
+    assistant = Assistant(store, hub, settings, provider)
+    consumers: list[Consumer] = [*PROJECTIONS.values(), Mentions(store), assistant]
+    for consumer in consumers:
         runner = Runner(store, consumer, settings.poll_interval)
         stack.push_async_callback(runner.stop)
         await runner.start()
-    assistant = Assistant(store, hub, settings, provider)
-    stack.push_async_callback(assistant.stop)
-    await assistant.start()
     state.store, state.hub, state.assistant = store, hub, assistant
     stack.push_async_callback(_close_sessions, hub)
 

@@ -11,17 +11,22 @@ import logging.config
 import os
 import signal
 import sys
+import time
 from collections.abc import Sequence
 from types import FrameType
 
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails
+from tqdm import tqdm
 
 from productflo import audit, auth, logs, migrate
-from productflo.database import resolve
+from productflo.database import DatabaseUrl, resolve
 from productflo.errors import StoreError
 from productflo.events import store
-from productflo.projections import commands
+from productflo.events.store import EventStore
+from productflo.handlers import HANDLERS
+from productflo.projections import PROJECTIONS, UnknownProjection, chosen
+from productflo.projections.framework import ensure_tables, rebuild_all, status
 from productflo.settings import Settings, export_database_url
 
 log = logging.getLogger("productflo")
@@ -98,18 +103,55 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _projections_status(args: argparse.Namespace) -> int:
-    asyncio.run(commands.print_status(resolve(Settings())))
+    asyncio.run(_print_status(resolve(Settings())))
     return 0
 
 
 def _projections_rebuild(args: argparse.Namespace) -> int:
     try:
-        names = commands.chosen(args.names)
-    except commands.UnknownProjection as error:
+        names = chosen(args.names)
+    except UnknownProjection as error:
         print(f"productflo projections rebuild: {error}", file=sys.stderr)
         return 2
-    asyncio.run(commands.run_rebuild(resolve(Settings()), names))
+    asyncio.run(_run_rebuild(resolve(Settings()), names))
     return 0
+
+
+async def _print_status(database: DatabaseUrl) -> None:
+    store = EventStore(database.dsn)
+    await store.start()
+    try:
+        async with store.pool.acquire() as connection:
+            for projection in PROJECTIONS.values():
+                await ensure_tables(connection, projection)
+        rows = await status(store.pool, [*PROJECTIONS, *HANDLERS])
+    finally:
+        await store.close()
+    print(f"{'projection':<16} {'position':>12} {'head':>12} {'lag':>10}")
+    for row in rows:
+        print(f"{row.name:<16} {row.position:>12} {row.head:>12} {row.lag:>10}")
+
+
+async def _run_rebuild(database: DatabaseUrl, names: Sequence[str]) -> None:
+    """Rebuild the projections named, in one pass over the log (one progress bar)."""
+    store = EventStore(database.dsn)
+    await store.start()
+    label = ", ".join(names)
+    bar = tqdm(desc=label, unit="ev", unit_scale=True, file=sys.stderr, dynamic_ncols=True)
+    started = time.perf_counter()
+
+    def progress(position: int, head: int) -> None:
+        bar.total = head
+        bar.update(position - bar.n)
+
+    try:
+        applied = await rebuild_all(store, [PROJECTIONS[name] for name in names], progress)
+    finally:
+        bar.close()
+        await store.close()
+    seconds = time.perf_counter() - started
+    rate = applied / seconds if seconds > 0 else 0.0
+    print(f"{label}: rebuilt from {applied} events in {seconds:.1f} s ({rate:,.0f} events/s)")
 
 
 def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:

@@ -13,12 +13,11 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 
-from productflo.ai.assistant import Assistant
 from productflo.app import create_app
+from productflo.consumers import Runner
 from productflo.database import DatabaseUrl
 from productflo.events.store import EventStore
 from productflo.hub import Hub
-from productflo.projections.framework import Runner
 from productflo.settings import Settings
 
 pytestmark = pytest.mark.anyio
@@ -79,7 +78,6 @@ class Lifecycle:
     """Which parts started and stopped, in order (the real methods run, only watched)."""
 
     PARTS = ((EventStore, "start", "close"), (Hub, "start", "stop"), (Runner, "start", "stop"))
-    PARTS += ((Assistant, "start", "stop"),)
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.started: list[str] = []
@@ -91,8 +89,8 @@ class Lifecycle:
     @staticmethod
     def _watch(method: Any, calls: list[str]) -> Any:
         async def watched(part: Any) -> None:
-            projection = getattr(part, "projection", None)
-            calls.append(type(part).__name__ + (f" {projection.name}" if projection else ""))
+            consumer = getattr(part, "consumer", None)
+            calls.append(type(part).__name__ + (f" {consumer.name}" if consumer else ""))
             await method(part)
 
         return watched
@@ -139,7 +137,7 @@ async def test_a_stop_runs_in_the_reverse_order_of_the_start(
     app = create_app(settings, database_url)
     before = asyncio.all_tasks()
     async with app.router.lifespan_context(app):
-        assert lifecycle.started[-1] == "Assistant"
+        assert lifecycle.started[-1] == "Runner handler:ai"
     assert lifecycle.stopped == lifecycle.started[::-1]
     assert asyncio.all_tasks() - before == set()
     assert await sessions_left(database_url) == 0

@@ -11,11 +11,12 @@ import httpx
 import pytest
 
 from productflo.auth import mint
+from productflo.consumers import Runner
 from productflo.database import DatabaseUrl
 from productflo.events.models import RecordedEvent
 from productflo.events.store import EventStore
 from productflo.projections import PROJECTIONS
-from productflo.projections.framework import Connection, Runner, rebuild, rebuild_all
+from productflo.projections.framework import Connection, rebuild, rebuild_all
 from productflo.projections.messages import Messages
 from tests.conftest import ServerThread
 

@@ -12,9 +12,10 @@ import re
 import uuid
 from collections.abc import Sequence
 
+from productflo.consumers import Transactional
+from productflo.events.checkpoints import Connection
 from productflo.events.models import NewEvent, RecordedEvent, user_stream
 from productflo.events.store import EventStore
-from productflo.projections.framework import Connection
 
 _MENTION = re.compile(r"(?<![\w@])@([A-Za-z0-9_][A-Za-z0-9_.:+|=~\-]*)")
 _TRAILING = ".:-~=|+"
@@ -60,17 +61,14 @@ def notifications_for(event: RecordedEvent) -> list[NewEvent]:
     ]
 
 
-class Mentions:
-    """Run by a projections.framework.Runner; owns no tables."""
+class Mentions(Transactional):
+    """Owns no tables. A batch's notifications are committed (through the store, which stores each
+    id once) before the checkpoint moves past the batch."""
 
     name = "handler:mentions"
-    tables: tuple[str, ...] = ()
 
     def __init__(self, store: EventStore) -> None:
         self._store = store
-
-    def create(self, suffix: str) -> list[str]:
-        return []
 
     async def apply(
         self, connection: Connection, events: Sequence[RecordedEvent], suffix: str

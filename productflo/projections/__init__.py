@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from productflo.projections.framework import Projection
 from productflo.projections.messages import Messages
 from productflo.projections.notifications import Notifications
@@ -9,4 +11,17 @@ from productflo.projections.rooms import Rooms
 
 PROJECTIONS: dict[str, Projection] = {p.name: p for p in (Rooms(), Messages(), Notifications())}
 
-__all__ = ["PROJECTIONS", "Projection"]
+__all__ = ["PROJECTIONS", "Projection", "UnknownProjection", "chosen"]
+
+
+class UnknownProjection(ValueError):
+    pass
+
+
+def chosen(names: Sequence[str]) -> list[str]:
+    """The projections named (all of them when none is), or UnknownProjection."""
+    unknown = [name for name in names if name not in PROJECTIONS]
+    if unknown:
+        known = ", ".join(PROJECTIONS)
+        raise UnknownProjection(f"unknown projection {', '.join(unknown)} (known: {known})")
+    return list(names) or list(PROJECTIONS)

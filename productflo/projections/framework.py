@@ -1,10 +1,6 @@
-"""Projections: named consumers of the log that keep tables of their own, and a checkpoint.
-
-A projection applies a batch of events and moves its checkpoint in the same transaction, so each
-event is applied exactly once: a crash in the middle rolls both back and the batch is applied
-again from the unchanged checkpoint. Every server process runs every projection; they meet on the
-checkpoint row (`SELECT ... FOR UPDATE`): whoever comes second finds the batch already applied
-and skips it.
+"""Projections: read models folded from the log, each a `Transactional` consumer (its tables
+and its checkpoint move in one transaction, productflo.consumers) that can be thrown away and
+rebuilt.
 
 A rebuild replays the whole log into fresh copies of the projection's tables (`<table>_rebuild`)
 while the live ones keep serving, then, holding the checkpoint row so the live runner waits,
@@ -13,34 +9,26 @@ catches up with what arrived meanwhile and swaps the tables by renaming them.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import asyncpg
 
+from productflo.consumers import Transactional, ensure_tables
 from productflo.events.checkpoints import (
     Connection,
     checkpoint,
-    create_checkpoint,
     head,
     lock_checkpoint,
     move_checkpoint,
 )
-from productflo.events.models import RecordedEvent
 from productflo.events.store import EventStore, translated
-from productflo.events.tailer import Tailer
 
 __all__ = [
-    "FOLD_SECONDS",
     "Connection",
     "Projection",
-    "Runner",
     "Status",
-    "apply_batch",
     "checkpoint",
     "ensure_tables",
     "read_rows",
@@ -49,28 +37,13 @@ __all__ = [
     "status",
 ]
 
-log = logging.getLogger(__name__)
-
 REBUILD = "_rebuild"
 RETIRED = "_retired"
 REBUILD_BATCH = 5000
 
 
-class Projection(Protocol):
-    """A read model folded from the log."""
-
-    name: str
-    tables: tuple[str, ...]
-
-    def create(self, suffix: str) -> list[str]:
-        """DDL for this projection's tables, each name followed by `suffix`."""
-        ...
-
-    async def apply(
-        self, connection: Connection, events: Sequence[RecordedEvent], suffix: str
-    ) -> None:
-        """Fold events (in position order) into the tables named with `suffix`."""
-        ...
+class Projection(Transactional):
+    """A read model: a transactional consumer with tables of its own, which something reads."""
 
 
 @dataclass(frozen=True)
@@ -89,84 +62,6 @@ async def read_rows(store: EventStore, query: str, *args: Any) -> list[asyncpg.R
     errors translated."""
     async with translated():
         return list(await store.pool.fetch(query, *args))
-
-
-async def ensure_tables(connection: Connection, projection: Projection) -> None:
-    """Create the live tables and the checkpoint row if this database has never had them."""
-    async with connection.transaction():
-        await connection.execute("SELECT pg_advisory_xact_lock(hashtext($1))", projection.name)
-        if await create_checkpoint(connection, projection.name):
-            for statement in projection.create(""):
-                await connection.execute(statement)
-
-
-async def apply_batch(
-    connection: Connection, projection: Projection, events: Sequence[RecordedEvent]
-) -> int:
-    """Apply what of `events` is past the checkpoint, with the checkpoint; return the new one."""
-    async with connection.transaction():
-        position = await lock_checkpoint(connection, projection.name)
-        fresh = [event for event in events if event.position > position]
-        if fresh and fresh[0].position != position + 1:
-            return position  # the checkpoint is behind this batch: read on from it instead
-        if fresh:
-            await projection.apply(connection, fresh, "")
-            position = fresh[-1].position
-            await move_checkpoint(connection, projection.name, position)
-        return position
-
-
-# Once caught up, a consumer reads the log at most this often (Tailer's `fold`). Woken by every
-# commit, it would otherwise read and apply a few events per commit, a transaction and several
-# round trips each time, and under moderate load that per-commit work dominates the server's CPU
-# (bench/README.md). Waiting folds the commits of the interval into one batch; an idle log is
-# still applied within the interval, and a consumer that is behind reads on without pausing.
-FOLD_SECONDS = 0.05
-
-
-class Runner:
-    """Keeps one projection up with the log, live, for as long as the process runs."""
-
-    def __init__(self, store: EventStore, projection: Projection, poll_interval: float) -> None:
-        self.store = store
-        self.projection = projection
-        self._poll_interval = poll_interval
-        self._task: asyncio.Task[None] | None = None
-        self.position = 0
-
-    async def start(self) -> None:
-        async with self.store.pool.acquire() as connection:
-            await ensure_tables(connection, self.projection)
-            self.position = await checkpoint(connection, self.projection.name)
-        self._task = asyncio.create_task(self._run(), name=f"projection-{self.projection.name}")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def _run(self) -> None:
-        while True:
-            tailer = Tailer(
-                self.store, self.position, poll_interval=self._poll_interval, fold=FOLD_SECONDS
-            )
-            try:
-                while True:
-                    batch = await tailer.next_batch()
-                    async with self.store.pool.acquire() as connection:
-                        self.position = await apply_batch(connection, self.projection, batch)
-                    # Another process may have applied further ahead (skip it), or the checkpoint
-                    # may be behind what we read (read on from it): the checkpoint decides.
-                    tailer.position = self.position
-            except Exception:  # the database went away, or a batch failed: start over from the
-                # checkpoint, which the failed transaction did not move
-                log.warning("projection %s: retrying from its checkpoint", self.projection.name)
-                await asyncio.sleep(self._poll_interval)
-            finally:
-                tailer.close()
-            with contextlib.suppress(Exception):
-                self.position = await checkpoint(self.store.pool, self.projection.name)
 
 
 async def status(pool: asyncpg.Pool, names: Sequence[str]) -> list[Status]:

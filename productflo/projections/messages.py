@@ -8,10 +8,10 @@ from collections.abc import Sequence
 from productflo.audience import HISTORY_TYPES
 from productflo.events.models import RecordedEvent
 from productflo.events.store import EventStore, record
-from productflo.projections.framework import Connection, read_rows
+from productflo.projections.framework import Connection, Projection, read_rows
 
 
-class Messages:
+class Messages(Projection):
     name = "messages"
     tables: tuple[str, ...] = ("messages",)
 

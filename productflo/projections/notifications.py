@@ -18,7 +18,7 @@ import asyncpg
 from productflo.envelopes import iso
 from productflo.events.models import MAX_POSITION, JsonObject, RecordedEvent
 from productflo.events.store import EventStore
-from productflo.projections.framework import Connection, read_rows
+from productflo.projections.framework import Connection, Projection, read_rows
 
 NOTIFICATION_TYPE = "notification"
 READ_TYPE = "notifications_read"
@@ -89,7 +89,7 @@ def _notification(row: asyncpg.Record) -> Notification:
     return Notification(row["position"], row["data"], row["created_at"], row["read_at"])
 
 
-class Notifications:
+class Notifications(Projection):
     name = "notifications"
     tables: tuple[str, ...] = ("notifications",)
 

@@ -12,12 +12,12 @@ from datetime import datetime
 
 from productflo.events.models import RecordedEvent
 from productflo.events.store import EventStore
-from productflo.projections.framework import Connection, read_rows
+from productflo.projections.framework import Connection, Projection, read_rows
 
 MESSAGE_TYPES = ("chat",)
 
 
-class Rooms:
+class Rooms(Projection):
     name = "rooms"
     tables: tuple[str, ...] = ("rooms", "room_members")
 

@@ -14,8 +14,8 @@ from productflo import audit
 from productflo.audit import AuditFilter
 from productflo.errors import StoreError
 from productflo.events.models import JsonObject
+from productflo.handlers import HANDLERS
 from productflo.projections import PROJECTIONS, framework
-from productflo.projections.commands import HANDLERS
 from productflo.transports.http import Admin
 
 log = logging.getLogger(__name__)

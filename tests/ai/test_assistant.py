@@ -11,10 +11,10 @@ import asyncpg
 import pytest
 from pydantic import SecretStr
 
-from productflo.ai import assistant as assistant_module
 from productflo.database import DatabaseUrl
 from productflo.events.models import NewEvent, room_stream
 from productflo.events.store import EventStore
+from productflo.handlers import assistant as assistant_module
 from tests.ai.fake_openai import FakeOpenAI, fake_openai_fixture  # noqa: F401
 from tests.client import Client
 

@@ -7,9 +7,10 @@ A request (`haitch_chat`, `idea`, `documentation`, `engineering`) is appended an
                        ──▶ the answer appended to the room (or the failure to the requester)
                        ──▶ for a document, a notification to the requester, in the same append
 
-One process answers at a time: the one holding a PostgreSQL advisory lock on a connection of its
-own. When that process dies, PostgreSQL drops the connection and the lock with it, and another
-process (or the restarted one) takes over from the checkpoint.
+One process answers at a time (a Runner runs it as an exclusive consumer, productflo.consumers):
+the one holding a PostgreSQL advisory lock on a connection of its own. When that process dies,
+PostgreSQL drops the connection and the lock with it, and another process (or the restarted one)
+takes over from the checkpoint.
 
 Each request runs in its own task, at most `ai_concurrency` at once in the process and
 `ai_per_user` per requester, so a slow model holds up neither the connection that asked nor
@@ -27,9 +28,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator
-
-import asyncpg
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Sequence
 
 from productflo import metrics
 from productflo.ai.interface import AI_KINDS, AIRequest, ContextMessage, Provider, ProviderError
@@ -45,16 +44,13 @@ from productflo.envelopes import (
 from productflo.errors import ErrorCode, StoreError, StoreUnavailable
 from productflo.events.checkpoints import advance_checkpoint, checkpoint, create_checkpoint
 from productflo.events.models import JsonObject, NewEvent, RecordedEvent, room_stream, user_stream
-from productflo.events.store import EventStore, connect
-from productflo.events.tailer import Tailer
+from productflo.events.store import EventStore
 from productflo.hub import Hub
-from productflo.projections.framework import FOLD_SECONDS
 from productflo.settings import Settings
 
 log = logging.getLogger(__name__)
 
-NAME = "handler:ai"
-_LOCK = "productflo:handler:ai"
+NAME = "handler:ai"  # its lock is "productflo:handler:ai", as in earlier releases
 _NAMESPACE = uuid.UUID("3c0d8f4e-71a2-4b5f-9e6d-2a8b1c7f0e93")
 CONTEXT_TYPES = ("chat", *AI_KINDS, *ANSWER_TYPES)
 PIECE_INTERVAL = 0.05  # seconds: streamed text is sent at most this often per answer ...
@@ -75,14 +71,16 @@ def is_request(event: RecordedEvent) -> bool:
 
 
 class Assistant:
-    """Started and stopped with the app; answers while this process holds the lock."""
+    """A consumer of the log (exclusive: run by one process at a time, productflo.consumers)."""
+
+    name = NAME
+    exclusive = True
 
     def __init__(self, store: EventStore, hub: Hub, settings: Settings, provider: Provider) -> None:
         self._store = store
         self._hub = hub
         self._settings = settings
         self.provider = provider
-        self._task: asyncio.Task[None] | None = None
         self._slots = asyncio.Semaphore(settings.ai_concurrency)
         self._per_user: dict[str, _Turns] = {}  # requesters with requests in hand, only
         self._answering: dict[int, asyncio.Task[None]] = {}  # request position -> its task
@@ -91,86 +89,30 @@ class Assistant:
         self._saved = 0
         self.leading = asyncio.Event()
 
-    async def start(self) -> None:
+    # -- as a consumer -------------------------------------------------------------------------
+
+    async def prepare(self, store: EventStore) -> None:
         # The first start in a database begins at the head: requests stored by a release that had
         # no assistant (acknowledged, and told so) are not answered months later, all at once.
-        await create_checkpoint(self._store.pool, NAME, at_head=True)
-        self._task = asyncio.create_task(self._lead(), name="ai-assistant")
+        await create_checkpoint(store.pool, NAME, at_head=True)
 
-    async def stop(self) -> None:
-        """Stops answering; the provider stays open (whoever made it closes it)."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    # -- leadership ----------------------------------------------------------------------------
-
-    async def _lead(self) -> None:
-        """Wait for the lock, answer while holding it, start over when its connection is lost."""
-        while True:
-            try:
-                connection = await connect(self._store.dsn)
-            except StoreError:
-                await asyncio.sleep(self._settings.poll_interval)
-                continue
-            try:
-                if await connection.fetchval("SELECT pg_try_advisory_lock(hashtext($1))", _LOCK):
-                    log.info("answering AI requests in this process")
-                    await self._serve(connection)
-                else:
-                    await asyncio.sleep(self._settings.poll_interval)
-            except Exception:
-                log.warning("AI assistant: starting over", exc_info=True)
-                await asyncio.sleep(self._settings.poll_interval)
-            finally:
-                self.leading.clear()
-                await self._abandon()
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(connection.close(), 5)
-
-    async def _serve(self, connection: asyncpg.Connection) -> None:
-        self._read_to = self._saved = await checkpoint(self._store.pool, NAME)
+    async def resume(self, store: EventStore) -> int:
+        self._read_to = self._saved = await checkpoint(store.pool, NAME)
         self.leading.set()
-        tasks = [
-            asyncio.create_task(self._follow(), name="ai-follow"),
-            asyncio.create_task(self._watch(connection), name="ai-lock-watch"),
-        ]
-        try:
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                task.result()  # raises what ended it
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+        return self._read_to
 
-    async def _follow(self) -> None:
-        tailer = Tailer(
-            self._store,
-            self._read_to,
-            poll_interval=self._settings.poll_interval,
-            fold=FOLD_SECONDS,  # as projections do: one read per interval once caught up
-        )
-        try:
-            while True:
-                batch = await tailer.next_batch()
-                for event in batch:
-                    if is_request(event):
-                        self._begin(event)
-                self._read_to = batch[-1].position
-                await self._save_checkpoint()
-        finally:
-            tailer.close()
+    async def take(self, store: EventStore, events: Sequence[RecordedEvent]) -> int:
+        for event in events:
+            if is_request(event):
+                self._begin(event)
+        self._read_to = events[-1].position
+        await self._save_checkpoint()
+        return self._read_to
 
-    async def _watch(self, connection: asyncpg.Connection) -> None:
-        """Return (so that _serve stops) as soon as the lock's connection is gone."""
-        while True:
-            await asyncio.sleep(max(1.0, self._settings.poll_interval))
-            await asyncio.wait_for(connection.fetchval("SELECT 1"), 10)
-
-    async def _abandon(self) -> None:
-        """Leadership lost: stop answering; whoever leads next starts from the checkpoint."""
+    async def abandon(self) -> None:
+        """Leadership lost (or the process stopping): stop answering; whoever leads next starts
+        from the checkpoint. The provider stays open (whoever made it closes it)."""
+        self.leading.clear()
         tasks = list(self._answering.values())
         for task in tasks:
             task.cancel()
