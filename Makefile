@@ -5,6 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 JS := tests/js
+FANOUT := bench/fanout
 
 .PHONY: serve test fuzz lint typecheck bench clean
 
@@ -33,7 +34,12 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-bench: $(STAMP)
+$(FANOUT)/node_modules/.package-lock.json: $(FANOUT)/package.json $(FANOUT)/package-lock.json
+	cd $(FANOUT) && npm ci --silent --no-audit --no-fund
+
+# The fan-out comparison first (bench/README.md), then the benchmarks that ran here before it.
+bench: $(STAMP) $(FANOUT)/node_modules/.package-lock.json
+	$(BIN)/python -m bench.fanout
 	$(BIN)/python -m bench.append_throughput
 
 clean:

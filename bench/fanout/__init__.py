@@ -1,0 +1,1 @@
+"""The fan-out benchmark: productflo beside a naive in-memory server and Node Socket.IO."""
