@@ -31,6 +31,8 @@ RESULT_TIMEOUT = 900.0  # beyond the load processes' own stall detection: a hung
 QUIET_CORES = 0.05  # the server (and PostgreSQL) count as quiet below this, over QUIET_STEP s
 QUIET_STEP = 0.25
 QUIET_TIMEOUT = 60.0
+BUSY_CORES = 0.2  # the rest of the machine using this much during a window: a busy window
+QUIET_SAMPLE = 0.5
 IDLE_WARM = 100  # connections opened before the baseline reading (first-use costs)
 OPEN_TIMEOUT = 600.0
 RSS_SETTLE = 0.005  # two readings this close (relative) 0.5 s apart: settled
@@ -106,6 +108,8 @@ class Run:
     ack: Histogram = field(default_factory=dict)
     lateness: Histogram = field(default_factory=dict)  # paced sends: how late, in ms
     problems: list[str] = field(default_factory=list)
+    attempt: int = 1
+    waited_for_quiet: float = 0.0  # seconds the machine's other work held the start back
 
     @property
     def ok(self) -> bool:
@@ -132,6 +136,11 @@ class Run:
                 2,
             )
         return per
+
+    @property
+    def busy(self) -> bool:
+        """Other work on the machine took at least BUSY_CORES during the window."""
+        return self.cores().get("others", 0.0) >= BUSY_CORES
 
     def cores(self) -> dict[str, float]:
         wall = self.cpu.get("wall", 0.0)
@@ -206,10 +215,35 @@ class Bench:
         spent = Meter.spent(first, last)
         return {n: spent[n] for n in ("server", "postgres", "wall") if n in spent}
 
-    async def run(self, name: str, mode: str, rate: float | None, round_no: int) -> Run:
+    async def machine_quiet(self, loads: list[LoadProcess]) -> float:
+        """Wait (up to --wait-quiet s) until the machine's other work, what is none of our
+        processes, uses less than BUSY_CORES over a QUIET_SAMPLE; the seconds waited."""
+        groups = {
+            "servers": list(self.processes.values()),
+            "postgres": [self.postgres] if self.postgres is not None else [],
+            "load": [load.psutil for load in loads],
+            "bench": [psutil.Process()],
+        }
+        meter = Meter(groups)
+        began = time.perf_counter()
+        while True:
+            before = meter.snapshot()
+            await asyncio.sleep(QUIET_SAMPLE)
+            spent = Meter.spent(before, meter.snapshot())
+            ours = sum(value for name, value in spent.items() if name in meter.groups)
+            waited = time.perf_counter() - began
+            if spent["machine"] - ours < BUSY_CORES * spent["wall"]:
+                return round(waited - QUIET_SAMPLE, 2)
+            if waited >= self.options.wait_quiet:
+                return round(waited, 2)
+
+    async def run(
+        self, name: str, mode: str, rate: float | None, round_no: int, attempt: int = 1
+    ) -> Run:
         options = self.options
-        run = Run(name, mode, rate, round_no, options.clients, options.room_size)
-        layout = Layout.of(f"fo-{name}-{mode}-r{round_no}", options.clients, options.room_size)
+        run = Run(name, mode, rate, round_no, options.clients, options.room_size, attempt=attempt)
+        prefix = f"fo-{name}-{mode}-r{round_no}-a{attempt}"  # fresh users and rooms every time
+        layout = Layout.of(prefix, options.clients, options.room_size)
         run.expected = layout.deliveries * options.messages
         base = {
             "mode": "fanout",
@@ -225,6 +259,7 @@ class Bench:
             async with load_processes(layout.configs(options.load_processes, base), workdir) as ls:
                 await asyncio.gather(*(load.expect("ready", SETUP_TIMEOUT) for load in ls))
                 await self.quiet(name)
+                run.waited_for_quiet = await self.machine_quiet(ls)
                 await self.window(run, ls)
         except LoadFailed as error:
             run.problems.append(str(error))

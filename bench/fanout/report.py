@@ -8,7 +8,6 @@ from typing import Any
 
 from bench.fanout.measure import Histogram, Run, merge
 
-BUSY_CORES = 0.2  # the rest of the machine using this much during a window: a busy window
 LOAD_SATURATED = 0.9  # a load process using this much of its core may be what limits the rate
 NONE = "-"
 
@@ -59,12 +58,15 @@ def run_summary(run: Run) -> dict[str, Any]:
         "delivery_latency_ms": percentiles(run.delivery),
         "ack_latency_ms": percentiles(run.ack),
         "send_lateness_ms": percentiles(run.lateness) if run.lateness else None,
-        "busy_machine": run.cores().get("others", 0.0) >= BUSY_CORES,
+        "busy_machine": run.busy,
+        "attempt": run.attempt,
+        "waited_for_quiet_s": run.waited_for_quiet,
     }
 
 
-def server_summary(runs: list[Run]) -> dict[str, Any]:
-    """Medians over the lossless runs; latency histograms pooled over them; every run listed."""
+def server_summary(runs: list[Run], discarded: list[Run] | None = None) -> dict[str, Any]:
+    """Medians over the lossless runs; latency histograms pooled over them; every run listed,
+    and the `discarded` ones, run again because the machine was busy during their window."""
     good = [run for run in runs if run.ok]
     rates = [run.deliveries_per_s for run in good]
     cores = median_of([run.cores() for run in good])
@@ -83,16 +85,22 @@ def server_summary(runs: list[Run]) -> dict[str, Any]:
         "ack_latency_ms": percentiles(pooled(good, "ack")),
         "send_lateness_ms": percentiles(pooled(good, "lateness")) if good else None,
         "runs": [run_summary(run) for run in runs],
+        "discarded_busy_runs": [run_summary(run) for run in discarded or []],
     }
 
 
-def mode_summary(runs: dict[str, list[Run]]) -> dict[str, Any]:
-    return {server: server_summary(done) for server, done in runs.items()}
+def mode_summary(runs: dict[str, list[Run]], discarded: dict[str, list[Run]]) -> dict[str, Any]:
+    return {server: server_summary(done, discarded[server]) for server, done in runs.items()}
+
+
+def offered_servers(summary: dict[str, Any]) -> dict[str, Any]:
+    servers: dict[str, Any] = summary.get("offered", {}).get("servers", {})
+    return servers
 
 
 def lossless(summary: dict[str, Any]) -> bool:
     """Every run of every mode lost, doubled and refused nothing; every idle connection held."""
-    modes = [summary["flat_out"], summary.get("offered", {}).get("servers", {})]
+    modes = [summary["flat_out"], offered_servers(summary)]
     runs_ok = all(s["failed_runs"] == 0 for mode in modes for s in mode.values())
     memory_ok = all(not m["problems"] for m in summary.get("idle_memory", {}).values())
     return runs_ok and memory_ok
@@ -140,7 +148,7 @@ def flat_table(summary: dict[str, Any]) -> str:
         rows.append(
             [
                 server + (" (load-bound)" if s["load_saturated"] else ""),
-                "failed" if median is None else f"**{median:,}**",
+                (NONE if not s["runs"] else "failed") if median is None else f"**{median:,}**",
                 " / ".join("failed" if r is None else f"{r:,}" for r in s["deliveries_per_s_runs"]),
                 f"{_us(per.get('server'))} ({_us(catch_up)})",
                 _us(per.get("postgres_with_catch_up")) if "postgres" in per else NONE,
@@ -191,7 +199,7 @@ def offered_table(summary: dict[str, Any]) -> str:
 def tables(summary: dict[str, Any]) -> str:
     notes = []
     for mode in ("flat_out", "offered"):
-        servers = summary["flat_out"] if mode == "flat_out" else summary["offered"]["servers"]
+        servers = summary["flat_out"] if mode == "flat_out" else offered_servers(summary)
         for server, s in servers.items():
             for run in s["runs"]:
                 which = f"- {mode} {server} round {run['round']}"
@@ -199,6 +207,12 @@ def tables(summary: dict[str, Any]) -> str:
                     notes.append(f"{which}: FAILED {run['problems']}")
                 if run["busy_machine"]:
                     notes.append(f"{which}: machine busy ({run['cpu_cores'].get('others')} cores)")
+            for run in s["discarded_busy_runs"]:
+                others = run["cpu_cores"].get("others")
+                notes.append(
+                    f"- {mode} {server} round {run['round']}: attempt {run['attempt']} run again,"
+                    f" the machine was busy ({others} cores of other work)"
+                )
     for server, m in summary.get("idle_memory", {}).items():
         notes.extend(f"- idle memory {server}: FAILED {p}" for p in m["problems"])
     parts = [flat_table(summary), "", offered_table(summary)]
