@@ -93,7 +93,6 @@ class Hub:
     async def start(self) -> None:
         self.dispatched = await self.store.head()
         self._tailer = Tailer(self.store, self.dispatched, poll_interval=self._poll_interval)
-        self.store.on_commit(self._tailer.offer)
         self.store.on_volatile(self._receive_volatile)
         self._task = asyncio.create_task(self._run(), name="productflo-hub")
 

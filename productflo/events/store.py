@@ -236,9 +236,11 @@ class EventStore:
                 self._queue.put_nowait(_Request(prepared, future))
         return future
 
-    def on_commit(self, listener: CommitListener) -> None:
-        """Call `listener` with each batch this process commits, in commit order, right after."""
+    def on_commit(self, listener: CommitListener) -> Callable[[], None]:
+        """Call `listener` with each batch this process commits, in commit order, right after;
+        returns the unsubscribe function."""
         self._commit_listeners.append(listener)
+        return lambda: self._commit_listeners.remove(listener)
 
     async def _append_loop(self) -> None:
         # One batch at a time, in queue order: that is what keeps each submitter's requests in

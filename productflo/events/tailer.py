@@ -1,10 +1,11 @@
 """Following the log from a position, every event once and in order.
 
 A tailer is woken by LISTEN/NOTIFY (through the store), falls back to polling, and reads in
-batches. Events this process has just committed can be offered to it so that they are delivered
-without a round trip to the database, but only when they continue exactly where the tailer stands:
-positions have no holes (store.py), so `first == position + 1` proves nothing was skipped. Anything
-else (another process committed in between) is read from the log instead.
+batches. The events this process commits are offered to it as they commit (`own_commits`), so that
+they are followed without a round trip to the database and without decoding them again, but only
+when they continue exactly where the tailer stands: positions have no holes (store.py), so `first
+== position + 1` proves nothing was skipped. Anything else (another process committed in between)
+is read from the log instead.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ class Tailer:
         batch_size: int = 1000,
         poll_interval: float = 0.5,
         fold: float = 0.0,
+        own_commits: bool = True,
     ) -> None:
         self.position = after
         self._store = store
@@ -42,7 +44,9 @@ class Tailer:
         self._rest_until = 0.0
         self._wake = asyncio.Event()
         self._offered: deque[list[RecordedEvent]] = deque()
-        self._unsubscribe = store.subscribe_wakeups(self._wake.set)
+        self._unsubscribe = [store.subscribe_wakeups(self._wake.set)]
+        if own_commits:
+            self._unsubscribe.append(store.on_commit(self.offer))
 
     def offer(self, events: list[RecordedEvent]) -> None:
         """Hand over events just committed by this process (a shortcut, never a requirement)."""
@@ -50,7 +54,9 @@ class Tailer:
         self._wake.set()
 
     def close(self) -> None:
-        self._unsubscribe()
+        for unsubscribe in self._unsubscribe:
+            unsubscribe()
+        self._unsubscribe.clear()
 
     async def batches(self) -> AsyncIterator[list[RecordedEvent]]:
         """Each batch continues exactly where the previous one ended."""
@@ -77,15 +83,25 @@ class Tailer:
                 await asyncio.wait_for(self._wake.wait(), self._poll_interval)
 
     def _take_offered(self) -> list[RecordedEvent]:
-        while self._offered:
-            events = [e for e in self._offered.popleft() if e.position > self.position]
+        """The offered events that continue where the tailer stands, every offered batch that
+        does (a folding tailer finds several), up to a batch."""
+        taken: list[RecordedEvent] = []
+        last = self.position
+        while self._offered and len(taken) < self._batch_size:
+            events = [e for e in self._offered[0] if e.position > last]
             if not events:
+                self._offered.popleft()
                 continue
-            if events[0].position == self.position + 1:
-                return events
-            # A gap: someone else committed in between. The log has it all, in order.
-            self._offered.clear()
-        return []
+            if events[0].position != last + 1:
+                # A gap: someone else committed in between. The log has it all, in order.
+                self._offered.clear()
+                break
+            room = self._batch_size - len(taken)
+            taken.extend(events[:room])
+            last = taken[-1].position
+            if len(events) <= room:
+                self._offered.popleft()
+        return taken
 
     def _advance(self, events: list[RecordedEvent]) -> list[RecordedEvent]:
         self.position = events[-1].position

@@ -141,7 +141,7 @@ async def test_a_tailer_sees_every_event_of_many_concurrent_processes_once_in_or
 async def test_a_tailer_fed_its_own_commits_still_sees_every_event_once_in_order(
     database_url: DatabaseUrl,
 ) -> None:
-    """The local fast path (store.on_commit(tailer.offer)) with other processes writing too."""
+    """The local fast path (its own store's commits offered) with other processes writing too."""
     async with (
         asyncio.timeout(TIMEOUT),
         running_store(database_url) as local,
@@ -151,7 +151,6 @@ async def test_a_tailer_fed_its_own_commits_still_sees_every_event_once_in_order
         tailer = Tailer(local, 0, batch_size=50, poll_interval=0.05)
         offered: list[int] = []
         local.on_commit(lambda events: offered.extend(positions(events)))
-        local.on_commit(tailer.offer)
         seen, appended = await _collect_while_writing(tailer, [local, b, c], 40, 3)
         tailer.close()
     assert offered, "the local store committed nothing: the fast path was not exercised"
@@ -167,7 +166,6 @@ async def test_an_offered_batch_after_a_gap_is_read_from_the_log_instead(
         running_store(database_url) as other,
     ):
         tailer = Tailer(local, 0, poll_interval=30)
-        local.on_commit(tailer.offer)
         await other.append([new_event(n=1), new_event(n=2)])  # 1, 2: not offered
         [mine] = await local.append([new_event(n=3)])  # 3: offered, after a gap
         seen = await follow(tailer, until=3)
@@ -237,4 +235,19 @@ async def test_a_folding_tailer_reads_on_while_behind_and_pauses_once_caught_up(
         await store.append([new_event(n=25)])
         assert positions(await tailer.next_batch()) == [26]
         assert loop.time() - caught_up >= 0.95, "once caught up, the next read waits the fold"
+        tailer.close()
+
+
+async def test_a_folding_tailer_takes_every_own_commit_of_its_interval_as_one_batch(
+    database_url: DatabaseUrl,
+) -> None:
+    """Each commit is offered on its own; a tailer that rested through several takes them all
+    at once (one commit per interval, it would fall ever further behind a busy log)."""
+    async with asyncio.timeout(TIMEOUT), running_store(database_url) as store:
+        tailer = Tailer(store, 0, fold=0.2, poll_interval=30)
+        await store.append([new_event(n=0)])
+        assert positions(await tailer.next_batch()) == [1]
+        for n in range(1, 4):  # three commits while the tailer rests
+            await store.append([new_event(n=n)])
+        assert positions(await tailer.next_batch()) == [2, 3, 4]
         tailer.close()
