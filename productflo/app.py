@@ -13,6 +13,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.datastructures import State
 
+from productflo import heap
 from productflo.ai.providers import create_provider
 from productflo.auth import TokenVerifier
 from productflo.consumers import Consumer, Runner
@@ -34,12 +35,17 @@ log = logging.getLogger(__name__)
 _STATIC = Path(__file__).parent / "static"
 
 
-def create_app(settings: Settings, database: DatabaseUrl) -> FastAPI:
+def create_app(settings: Settings, database: DatabaseUrl, *, owns_process: bool = False) -> FastAPI:
+    """The app; `owns_process` when it is all its process serves (`productflo serve` and its
+    workers, not a test), which lets it tune the garbage collector for the whole process."""
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
             stack.push_async_callback(app.state.verifier.aclose)
             await _start(stack, app.state, settings, database)
+            if owns_process:
+                heap.settle()
             log.info(
                 "serving log %s from position %d", app.state.store.log_id, app.state.hub.dispatched
             )
@@ -150,4 +156,4 @@ async def _close_sessions(hub: Hub) -> None:
 def create_app_from_environment() -> FastAPI:
     """Factory for `uvicorn --factory` and worker processes: settings from the environment."""
     settings = Settings()
-    return create_app(settings, resolve(settings))
+    return create_app(settings, resolve(settings), owns_process=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import struct
 from collections import deque
 from dataclasses import dataclass
 
@@ -19,13 +20,15 @@ from productflo.events.models import JsonObject
 
 
 class Outgoing:
-    """An envelope on its way out; its text is encoded on first use and then shared."""
+    """An envelope on its way out; its text (and its WebSocket frame) is encoded on first use
+    and then shared."""
 
-    __slots__ = ("_text", "envelope")
+    __slots__ = ("_frame", "_text", "envelope")
 
     def __init__(self, envelope: JsonObject) -> None:
         self.envelope = envelope
         self._text: str | None = None
+        self._frame: bytes | None = None
 
     @property
     def text(self) -> str:
@@ -34,8 +37,30 @@ class Outgoing:
         return self._text
 
     @property
+    def frame(self) -> bytes:
+        """The text as a WebSocket text frame from a server: unmasked, whole, uncompressed
+        (RFC 6455, 5.2), the same bytes for every connection (productflo.transports.wire)."""
+        if self._frame is None:
+            self._frame = _text_frame(self.text.encode("ascii"))
+        return self._frame
+
+    @property
     def size(self) -> int:
         return len(self.text)
+
+
+def _text_frame(payload: bytes) -> bytes:
+    size = len(payload)
+    if size < 126:
+        header = struct.pack("!BB", _FIN_TEXT, size)
+    elif size < 1 << 16:
+        header = struct.pack("!BBH", _FIN_TEXT, 126, size)
+    else:
+        header = struct.pack("!BBQ", _FIN_TEXT, 127, size)
+    return header + payload
+
+
+_FIN_TEXT = 0x81  # the last (only) frame of a text message
 
 
 @dataclass(frozen=True)
@@ -89,15 +114,30 @@ class Outbox:
         self._items.append(close)
         self._added.set()
 
-    async def get(self) -> Outgoing | Close:
+    async def take(self, max_items: int, max_bytes: int) -> tuple[list[Outgoing], Close | None]:
+        """Wait for something queued, then take envelopes in order, up to `max_items` and
+        `max_bytes` (at least one), and the close when it comes next: a writer sends what piled
+        up while it was writing in one go."""
         while not self._items:
             self._added.clear()
             await self._added.wait()
-        item = self._items.popleft()
-        if isinstance(item, Outgoing):
+        taken: list[Outgoing] = []
+        size = 0
+        close: Close | None = None
+        while self._items and len(taken) < max_items:
+            item = self._items[0]
+            if isinstance(item, Close):
+                self._items.popleft()
+                close = item
+                break
+            if taken and size + item.size > max_bytes:
+                break
+            self._items.popleft()
             self._bytes -= item.size
+            size += item.size
+            taken.append(item)
         self._taken.set()
-        return item
+        return taken, close
 
     async def emptied(self) -> None:
         """Return once the writer has taken everything queued so far."""

@@ -36,7 +36,7 @@ import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -83,6 +83,11 @@ HELD_FACTOR = 10
 MAX_IN_FLIGHT = 100  # appends of one connection awaiting their commit; then reading pauses
 CATCH_UP_SECONDS = 10.0  # longest wait for this process to reach a resuming client's position
 DRAIN_SECONDS = 5.0  # longest wait for a closing session's own appends to be acknowledged
+# Most a writer hands its transport at once: what piled up while it last wrote, but no more than
+# a socket's write buffer (64 KiB, where the transport pauses the writer) of it, so that the
+# outbox, not the buffer under it, is where a slow client's backlog waits and is bounded.
+WRITE_BATCH = 256
+WRITE_BATCH_BYTES = 64 * 1024
 
 
 # Told the envelope that answers one inbound message (its acknowledgement, its error, the history
@@ -99,7 +104,9 @@ class Transport(Protocol):
 
     name: str
 
-    async def send(self, message: Outgoing) -> None: ...
+    async def send(self, messages: Sequence[Outgoing]) -> None:
+        """Send the envelopes in order (the writer hands over all that piled up at once)."""
+        ...
 
     async def close(self, code: int, reason: str) -> None: ...
 
@@ -397,12 +404,13 @@ class Session:
 
     async def _write(self) -> None:
         while True:
-            item = await self._outbox.get()
+            messages, close = await self._outbox.take(WRITE_BATCH, WRITE_BATCH_BYTES)
             try:
-                if isinstance(item, Close):
-                    await self._transport.close(item.code, item.reason)
+                if messages:
+                    await self._transport.send(messages)
+                if close is not None:
+                    await self._transport.close(close.code, close.reason)
                     return
-                await self._transport.send(item)
             except Exception:  # the socket is gone; the receive side will notice
                 log.debug("session %s: send failed", self.id, exc_info=True)
                 return

@@ -23,6 +23,7 @@ import uvicorn
 
 from productflo import migrate
 from productflo.app import create_app
+from productflo.cli import websocket_options
 from productflo.database import DatabaseUrl, start_embedded
 from productflo.settings import Settings
 from tests.client import Client
@@ -105,15 +106,17 @@ def settings(tmp_path: Path, database_url: DatabaseUrl) -> Settings:
 class ServerThread:
     """A real uvicorn server on 127.0.0.1, on a port of its own, in a thread with its own loop."""
 
-    def __init__(self, settings: Settings, database: DatabaseUrl) -> None:
+    def __init__(self, settings: Settings, database: DatabaseUrl, ws: str | None = None) -> None:
         self.settings = settings
         self.database = database
+        options = websocket_options(settings)
+        if ws is not None:  # another of uvicorn's WebSocket protocols than the server's own
+            options["ws"] = ws
         config = uvicorn.Config(
             create_app(settings, database),
             host="127.0.0.1",
             port=0,
-            ws="websockets-sansio",
-            ws_max_size=settings.max_message_bytes,
+            **options,  # type: ignore[arg-type]
             log_level="warning",
             lifespan="on",
         )
@@ -148,11 +151,12 @@ class ServerThread:
 
 @pytest.fixture
 def start_server(settings: Settings, database_url: DatabaseUrl) -> Iterator[Any]:
-    """`start_server(**setting_overrides)`: another real server on this test's database."""
+    """`start_server(ws=None, **setting_overrides)`: another real server on this test's
+    database (`ws`: another uvicorn WebSocket protocol than the server's own)."""
     running: list[ServerThread] = []
 
-    def start(**overrides: Any) -> ServerThread:
-        server = ServerThread(settings.model_copy(update=overrides), database_url)
+    def start(ws: str | None = None, **overrides: Any) -> ServerThread:
+        server = ServerThread(settings.model_copy(update=overrides), database_url, ws)
         server.start()
         running.append(server)
         return server

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from http.cookies import SimpleCookie
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
@@ -23,6 +24,7 @@ from productflo.identity import generated_user_id, id_problem
 from productflo.outbox import Outgoing
 from productflo.session import Identity, Resume, Session
 from productflo.settings import Settings
+from productflo.transports import wire
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +36,15 @@ class NativeTransport:
 
     def __init__(self, websocket: WebSocket) -> None:
         self._websocket = websocket
+        frames = websocket.scope.get("extensions", {}).get(wire.EXTENSION)
+        self._write_frames = frames["write"] if frames else None
 
-    async def send(self, message: Outgoing) -> None:
-        await self._websocket.send_text(message.text)  # encoded once for every recipient
+    async def send(self, messages: Sequence[Outgoing]) -> None:
+        if self._write_frames is not None:  # one write, of frames built once for every recipient
+            await self._write_frames([message.frame for message in messages])
+            return
+        for message in messages:  # another ASGI server: one websocket.send each
+            await self._websocket.send_text(message.text)
 
     async def close(self, code: int, reason: str) -> None:
         if self._websocket.application_state is WebSocketState.CONNECTED:

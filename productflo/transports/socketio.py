@@ -27,6 +27,7 @@ import asyncio
 import functools
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from http.cookies import SimpleCookie
 from typing import Any
@@ -198,13 +199,14 @@ class SocketIOTransport:
         self._sid = sid
         self._closing: asyncio.Task[None] | None = None
 
-    async def send(self, message: Outgoing) -> None:
-        await self._sio.emit("message", {"data": message.envelope}, to=self._sid)
+    async def send(self, messages: Sequence[Outgoing]) -> None:
+        for message in messages:
+            await self._sio.emit("message", {"data": message.envelope}, to=self._sid)
 
     async def close(self, code: int, reason: str) -> None:
         # Socket.IO has no close codes: the last envelope says why, then the server disconnects.
         log.info("socket.io %s closed by the server: %d %s", self._sid, code, reason)
-        await self.send(Outgoing(closing_envelope(code, reason)))
+        await self.send([Outgoing(closing_envelope(code, reason))])
         # Disconnecting runs the disconnect handler, which finishes the session (and so cancels
         # the writer task calling this): let it run in a task of its own.
         self._closing = asyncio.create_task(self._sio.disconnect(self._sid))

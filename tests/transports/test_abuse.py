@@ -142,20 +142,32 @@ async def test_a_connection_is_closed_4401_when_its_token_expires(
 
 
 class _SioReader:
-    """A python-socketio client that keeps every `message` envelope until it is disconnected."""
+    """A python-socketio client that keeps every `message` envelope until it is disconnected.
+
+    The client runs each message's handler in a task of its own, so its disconnect handler can
+    run before the handlers of the last messages: `wait_gone` waits for the disconnect and for
+    the envelope that says why (by then every earlier one has been kept too, in order)."""
 
     def __init__(self) -> None:
         self.sio = socketio.AsyncClient(reconnection=False)
         self.received: list[dict[str, Any]] = []
         self.gone = asyncio.Event()
+        self._told = asyncio.Event()
         self.sio.on("message", self._on_message)
         self.sio.on("disconnect", self._on_disconnect)
 
     async def _on_message(self, payload: dict[str, Any]) -> None:
         self.received.append(payload["data"])
+        if "close_code" in (payload["data"]["data"].get("details") or {}):
+            self._told.set()
 
     async def _on_disconnect(self, *_: Any) -> None:
         self.gone.set()
+
+    async def wait_gone(self, timeout: float) -> None:
+        async with asyncio.timeout(timeout):
+            await self.gone.wait()
+            await self._told.wait()
 
     async def open(self, server: ServerThread, **options: Any) -> None:
         await self.sio.connect(
@@ -181,7 +193,7 @@ async def test_a_socketio_flood_hears_rate_limited_then_the_close_with_every_ack
                 break
             frame = {"code": "chat", "room_id": "r", "client_msg_id": f"c{n}", "data": {}}
             await client.sio.emit("message", frame)
-        await asyncio.wait_for(client.gone.wait(), TIMEOUT)
+        await client.wait_gone(TIMEOUT)
     finally:
         await client.sio.disconnect()
 
@@ -198,7 +210,7 @@ async def test_a_socketio_connection_is_closed_4401_when_its_token_expires(
     client = _SioReader()
     await client.open(server, auth={"token": _token(server, "alice", LIFETIME)})
     try:
-        await asyncio.wait_for(client.gone.wait(), TIMEOUT)
+        await client.wait_gone(TIMEOUT)
     finally:
         await client.sio.disconnect()
     told = client.received[-2]

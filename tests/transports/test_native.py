@@ -185,6 +185,22 @@ async def test_sending_to_a_room_joins_it(connect: Any) -> None:
     assert reply["user_id"] == "alice"
 
 
+@pytest.mark.parametrize("ws", ["websockets-sansio", "wsproto"])
+async def test_under_another_websocket_protocol_envelopes_go_out_through_plain_asgi(
+    start_server: Any, connect_to: Any, ws: str
+) -> None:
+    """Without the server's frames extension (transports/wire.py), each envelope is one ASGI
+    `websocket.send`: the same conversation, in the same order."""
+    server = start_server(ws=ws)
+    alice = await connect_to(server, "/ws?user_id=alice")
+    bob = await connect_to(server, "/ws?user_id=bob")
+    await bob.join("r")
+    for n in range(5):
+        await alice.chat("r", f"m{n}")
+    texts = [(await bob.recv_code("chat_response"))["data"]["message"] for _ in range(5)]
+    assert texts == [f"m{n}" for n in range(5)]
+
+
 async def test_after_leave_a_user_receives_nothing_from_the_room(connect: Any) -> None:
     alice = await connect("/ws?user_id=alice")
     bob = await connect("/ws?user_id=bob")
