@@ -27,6 +27,8 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
+import orjson
+
 from productflo.errors import ErrorCode, ProtocolError
 
 __all__ = ["MAX_DEPTH", "decode_object", "describe", "is_storable", "safe_location", "storable"]
@@ -118,8 +120,28 @@ def decode_object(frame: str | bytes, *, echo: Echo | None = None) -> dict[str, 
 
 def is_storable(value: object) -> bool:
     """True when PostgreSQL can store `value` verbatim: a string without U+0000 or a lone
-    surrogate, or JSON data (dicts, lists, tuples) whose every key and string is one."""
+    surrogate, or JSON data (dicts, lists, tuples) whose every key and string is one and whose
+    every number is finite."""
     return _problem(value, None) is None
+
+
+_STRICT = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
+
+
+def encode(value: object) -> bytes:
+    """`value` as compact JSON, UTF-8 (orjson, some ten times as fast as the standard library,
+    which still writes what orjson refuses: integers past 64 bits, keys that are not strings).
+    Check `is_storable` first: orjson writes a non-finite number as null. Dates and dataclasses
+    are refused, as the standard library refuses them, not written as orjson would."""
+    try:
+        return orjson.dumps(value, option=_STRICT)
+    except TypeError:
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def encode_text(value: object) -> str:
+    """`encode` as a str (a query parameter's text)."""
+    return encode(value).decode()
 
 
 def storable(text: str) -> str:
@@ -170,6 +192,8 @@ def _problem(value: object, max_depth: int | None) -> str | None:
                     return _UNSTORABLE
             elif isinstance(item, _CONTAINERS):
                 stack.append((item, depth + 1))
+            elif isinstance(item, float) and not math.isfinite(item):
+                return _NOT_FINITE  # only built by the server: a client's is refused as it parses
     return None
 
 

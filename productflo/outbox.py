@@ -11,42 +11,47 @@ the byte bound can still be sent to a client that keeps up.
 from __future__ import annotations
 
 import asyncio
-import json
 import struct
 from collections import deque
 from dataclasses import dataclass
 
 from productflo.events.models import JsonObject
+from productflo.jsontext import encode
 
 
 class Outgoing:
-    """An envelope on its way out; its text (and its WebSocket frame) is encoded on first use
-    and then shared."""
+    """An envelope on its way out; its JSON (and its WebSocket frame) is encoded on first use and
+    then shared."""
 
-    __slots__ = ("_frame", "_text", "envelope")
+    __slots__ = ("_data", "_frame", "envelope")
 
     def __init__(self, envelope: JsonObject) -> None:
         self.envelope = envelope
-        self._text: str | None = None
+        self._data: bytes | None = None
         self._frame: bytes | None = None
 
     @property
-    def text(self) -> str:
-        if self._text is None:
-            self._text = json.dumps(self.envelope)  # ASCII: its length is its size in bytes
-        return self._text
+    def data(self) -> bytes:
+        """The envelope as JSON, UTF-8."""
+        if self._data is None:
+            self._data = encode(self.envelope)
+        return self._data
 
     @property
-    def frame(self) -> bytes:
-        """The text as a WebSocket text frame from a server: unmasked, whole, uncompressed
-        (RFC 6455, 5.2), the same bytes for every connection (productflo.transports.wire)."""
-        if self._frame is None:
-            self._frame = _text_frame(self.text.encode("ascii"))
-        return self._frame
+    def text(self) -> str:
+        return self.data.decode()
 
     @property
     def size(self) -> int:
-        return len(self.text)
+        return len(self.data)
+
+    @property
+    def frame(self) -> bytes:
+        """The JSON as a WebSocket text frame from a server: unmasked, whole, uncompressed
+        (RFC 6455, 5.2), the same bytes for every connection (productflo.transports.wire)."""
+        if self._frame is None:
+            self._frame = _text_frame(self.data)
+        return self._frame
 
 
 def _text_frame(payload: bytes) -> bytes:

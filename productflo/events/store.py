@@ -48,7 +48,7 @@ from productflo.events.models import (
     Outline,
     RecordedEvent,
 )
-from productflo.jsontext import is_storable
+from productflo.jsontext import encode_text, is_storable
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ VolatileListener = Callable[[dict[str, Any]], None]
 
 async def _init_connection(connection: asyncpg.Connection) -> None:
     await connection.set_type_codec(
-        "jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog"
+        "jsonb", encoder=encode_text, decoder=json.loads, schema="pg_catalog"
     )
 
 
@@ -137,8 +137,8 @@ class _Prepared:
         if not all(map(is_storable, (event.stream, event.type, event.data, event.metadata))):
             raise StoreError("the event holds text PostgreSQL cannot store")
         try:
-            data = json.dumps(event.data, allow_nan=False)
-            metadata = json.dumps(event.metadata, allow_nan=False)
+            data = encode_text(event.data)
+            metadata = encode_text(event.metadata)
         except (TypeError, ValueError, RecursionError) as error:
             raise StoreError("the event's data is not JSON") from error
         return cls(event, data, metadata)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 
 from productflo.audience import HISTORY_TYPES
 from productflo.events.models import RecordedEvent
 from productflo.events.store import EventStore, record
+from productflo.jsontext import encode_text
 from productflo.projections.framework import Connection, Projection, read_rows
 
 
@@ -68,7 +68,7 @@ class Messages(Projection):
             [e.room_id for e in kept],
             [e.version for e in kept],
             [e.type for e in kept],
-            [json.dumps(e.data) for e in kept],
-            [json.dumps(e.metadata) for e in kept],
+            [encode_text(e.data) for e in kept],
+            [encode_text(e.metadata) for e in kept],
             [e.recorded_at for e in kept],
         )

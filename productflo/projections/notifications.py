@@ -8,7 +8,6 @@ has. The two cannot disagree.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -18,6 +17,7 @@ import asyncpg
 from productflo.envelopes import iso
 from productflo.events.models import MAX_POSITION, JsonObject, RecordedEvent
 from productflo.events.store import EventStore
+from productflo.jsontext import encode_text
 from productflo.projections.framework import Connection, Projection, read_rows
 
 NOTIFICATION_TYPE = "notification"
@@ -176,7 +176,7 @@ async def _write(
         """,
         [n.position for _, n in changed],
         [user for user, _ in changed],
-        [json.dumps(n.data) for _, n in changed],
+        [encode_text(n.data) for _, n in changed],
         [n.created_at for _, n in changed],
         [n.read_at for _, n in changed],
     )
