@@ -185,6 +185,15 @@ async def test_sending_to_a_room_joins_it(connect: Any) -> None:
     assert reply["user_id"] == "alice"
 
 
+async def test_compression_offered_by_a_client_is_declined(connect: Any) -> None:
+    """Each recipient's frame is the same bytes, built once: nothing is compressed per client."""
+    alice = await connect("/ws?user_id=alice", compression="deflate")
+    assert alice.connection.response is not None
+    assert "Sec-WebSocket-Extensions" not in alice.connection.response.headers
+    await alice.chat("r", "plain")
+    assert (await alice.recv_code("chat_response"))["data"]["message"] == "plain"
+
+
 @pytest.mark.parametrize("ws", ["websockets-sansio", "wsproto"])
 async def test_under_another_websocket_protocol_envelopes_go_out_through_plain_asgi(
     start_server: Any, connect_to: Any, ws: str
