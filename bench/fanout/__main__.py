@@ -138,6 +138,14 @@ def parse_options(argv: list[str] | None) -> argparse.Namespace:
         type=int,
         help="times a run is run again when other work made its window busy (2)",
     )
+    parser.add_argument(
+        "--productflo-setting",
+        action="append",
+        default=[],
+        metavar="PRODUCTFLO_NAME=VALUE",
+        help="another setting for productflo serve (repeatable); the defaults otherwise, but for"
+        f" PRODUCTFLO_RATE_LIMIT={RATE_LIMIT}",
+    )
     parser.add_argument("--output", type=Path, default=RESULTS, help=f"JSON results ({RESULTS})")
     parser.add_argument("--plot", type=Path, default=PLOT, help=f"the PNG ({PLOT})")
     parser.add_argument("--no-output", action="store_true", help="write neither")
@@ -149,6 +157,10 @@ def parse_options(argv: list[str] | None) -> argparse.Namespace:
     unknown = set(options.servers) - set(SERVERS)
     if unknown or not options.servers:
         parser.error(f"--servers: unknown {sorted(unknown)}; choose from {', '.join(SERVERS)}")
+    settings = [item.partition("=") for item in options.productflo_setting]
+    if any(not name.startswith("PRODUCTFLO_") or not eq for name, eq, _ in settings):
+        parser.error("--productflo-setting: PRODUCTFLO_NAME=VALUE")
+    options.productflo_setting = {name: value for name, _, value in settings}
     if options.clients % options.room_size:
         parser.error("--clients must be a multiple of --room-size")
     return options
@@ -219,7 +231,9 @@ async def throughput(
     """Both fan-out modes, every server running throughout."""
     with contextlib.ExitStack() as stack:
         targets = {
-            name: stack.enter_context(started(name, database, workdir / name))
+            name: stack.enter_context(
+                started(name, database, workdir / name, options.productflo_setting)
+            )
             for name in options.servers
         }
         bench = Bench(targets, await postmaster(database), workdir, options)
@@ -237,7 +251,8 @@ async def idle_memory(
     """Each server afresh, alone, with idle connections opened in steps."""
     found = {}
     for name in options.servers:
-        with started(name, database, workdir / f"{name}-memory") as target:
+        settings = options.productflo_setting
+        with started(name, database, workdir / f"{name}-memory", settings) as target:
             bench = Bench({name: target}, None, workdir, options)
             found[name] = await bench.idle_memory(target, options.idle)
             say(
@@ -298,7 +313,10 @@ def summarize(
             "idle_steps": options.idle_steps,
             "wait_quiet_s": options.wait_quiet,
             "rerun_busy": options.rerun_busy,
-            "productflo_rate_limit": int(RATE_LIMIT),
+            "productflo_settings": {
+                "PRODUCTFLO_RATE_LIMIT": RATE_LIMIT,
+                **options.productflo_setting,
+            },
             "order": "each mode: rounds of one run per server, the order rotating per round",
         },
         "environment": facts,

@@ -181,7 +181,7 @@ class Member {
 
 function newTally() {
   return {
-    deliveries: 0, duplicates: 0, unexpected: 0, errors: 0, disconnects: 0,
+    deliveries: 0, duplicates: 0, unexpected: 0, errors: 0, disconnects: 0, close_codes: {},
     firstSend: null, lastSend: null, lastDelivery: null, delivery: {}, ack: {}, lateness: {},
   };
 }
@@ -209,7 +209,10 @@ async function setUp(tally) {
     await joinRoom(client, m.room);
     const member = new Member(client, m.room, m.users, config.messages, tally);
     member.index = m.index;
-    client.onClose = () => { tally.disconnects += 1; };
+    client.onClose = (code) => {
+      tally.disconnects += 1;
+      tally.close_codes[code] = (tally.close_codes[code] || 0) + 1;
+    };
     return member;
   }), config.connect_concurrency || 50);
   for (const member of joinedMembers) {

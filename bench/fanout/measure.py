@@ -21,6 +21,7 @@ from typing import Any
 
 import psutil  # type: ignore[import-untyped]
 
+from bench._harness import http_get
 from bench.fanout.load import Layout, LoadFailed, LoadProcess, idle_configs, load_processes
 from bench.fanout.servers import Target
 from bench.socketio_throughput import machine_busy
@@ -108,6 +109,7 @@ class Run:
     ack: Histogram = field(default_factory=dict)
     lateness: Histogram = field(default_factory=dict)  # paced sends: how late, in ms
     problems: list[str] = field(default_factory=list)
+    slow_clients_closed: int | None = None  # productflo's count of 1013 closes in the run
     attempt: int = 1
     waited_for_quiet: float = 0.0  # seconds the machine's other work held the start back
 
@@ -162,9 +164,12 @@ def merge(into: Histogram, other: dict[str, int]) -> None:
 def load_problems(result: dict[str, Any], messages: int) -> list[str]:
     """What a load process's result says went wrong: every kind of loss is a failed run."""
     problems = []
-    for name in ("lost", "duplicates", "unexpected", "errors", "disconnects"):
+    for name in ("lost", "duplicates", "unexpected", "errors"):
         if result.get(name):
             problems.append(f"{result[name]} {name}")
+    if result.get("disconnects"):
+        codes = result.get("close_codes") or {}
+        problems.append(f"{result['disconnects']} disconnects (close codes {codes})")
     if result.get("stalled"):
         problems.append("deliveries stalled")
     if result["sent"] != result["clients"] * messages:
@@ -255,6 +260,7 @@ class Bench:
         }
         workdir = self.workdir / f"{name}-{mode}-r{round_no}"
         workdir.mkdir(parents=True, exist_ok=True)
+        closed_before = await slow_clients_closed(self.targets[name])
         try:
             async with load_processes(layout.configs(options.load_processes, base), workdir) as ls:
                 await asyncio.gather(*(load.expect("ready", SETUP_TIMEOUT) for load in ls))
@@ -264,6 +270,11 @@ class Bench:
         except LoadFailed as error:
             run.problems.append(str(error))
         run.catch_up = await self.quiet(name)
+        closed_after = await slow_clients_closed(self.targets[name])
+        if closed_before is not None and closed_after is not None:
+            run.slow_clients_closed = closed_after - closed_before
+            if run.slow_clients_closed:
+                run.problems.append(f"productflo closed {run.slow_clients_closed} clients 1013")
         return run
 
     async def window(self, run: Run, loads: list[LoadProcess]) -> None:
@@ -343,6 +354,17 @@ class Bench:
             "rss_mib": round(rss / 2**20, 1),
             "open_seconds": round(seconds, 2),
         }
+
+
+async def slow_clients_closed(target: Target) -> int | None:
+    """productflo's count of connections it closed 1013 for not keeping up (None elsewhere)."""
+    if target.name != "productflo":
+        return None
+    text = await asyncio.to_thread(http_get, f"http://127.0.0.1:{target.port}/metrics")
+    for line in text.splitlines():
+        if line.startswith("productflo_slow_clients_closed_total "):
+            return int(float(line.split()[1]))
+    return 0
 
 
 async def settled_rss(process: psutil.Process) -> int:

@@ -58,6 +58,7 @@ def run_summary(run: Run) -> dict[str, Any]:
         "delivery_latency_ms": percentiles(run.delivery),
         "ack_latency_ms": percentiles(run.ack),
         "send_lateness_ms": percentiles(run.lateness) if run.lateness else None,
+        "productflo_slow_clients_closed": run.slow_clients_closed,
         "busy_machine": run.busy,
         "attempt": run.attempt,
         "waited_for_quiet_s": run.waited_for_quiet,

@@ -77,12 +77,15 @@ def subprocess_server(name: str, command: list[str], workdir: Path) -> Iterator[
 
 
 @contextlib.contextmanager
-def started(name: str, database: DatabaseUrl, workdir: Path) -> Iterator[Target]:
+def started(
+    name: str, database: DatabaseUrl, workdir: Path, settings: dict[str, str] | None = None
+) -> Iterator[Target]:
     """One of SERVERS, running until the block ends. productflo is `productflo serve` on
-    `database` with its rate limit out of the way; the others store nothing."""
+    `database` with its rate limit out of the way, and any other PRODUCTFLO_* `settings`; the
+    others store nothing."""
     workdir.mkdir(parents=True, exist_ok=True)
     if name == "productflo":
-        settings = {"PRODUCTFLO_RATE_LIMIT": RATE_LIMIT}
+        settings = {"PRODUCTFLO_RATE_LIMIT": RATE_LIMIT, **(settings or {})}
         with running_server(database, workdir, settings) as server:
             yield Target(name, server.pid, server.port, workdir / "server.log")
     elif name == "naive":
