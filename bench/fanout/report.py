@@ -9,6 +9,7 @@ from typing import Any
 from bench.fanout.measure import Histogram, Run, merge
 
 LOAD_SATURATED = 0.9  # a load process using this much of its core may be what limits the rate
+MACHINE_FULL = 0.9  # the machine's cores this busy (as a share of them all): nothing to spare
 NONE = "-"
 
 
@@ -127,6 +128,14 @@ def _markdown(rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def _limits(section: dict[str, Any], cpus: int) -> str:
+    """What else held the rate: a load process at its core's limit, or every core busy."""
+    if section["load_saturated"]:
+        return " (load-bound)"
+    machine = section["cpu_cores_median"].get("machine", 0.0)
+    return " (all cores busy)" if machine >= MACHINE_FULL * cpus else ""
+
+
 def flat_table(summary: dict[str, Any]) -> str:
     config = summary["config"]
     rows = [
@@ -148,7 +157,7 @@ def flat_table(summary: dict[str, Any]) -> str:
         catch_up = per.get("server_with_catch_up")
         rows.append(
             [
-                server + (" (load-bound)" if s["load_saturated"] else ""),
+                server + _limits(s, summary["environment"].get("cpus") or 1),
                 (NONE if not s["runs"] else "failed") if median is None else f"**{median:,}**",
                 " / ".join("failed" if r is None else f"{r:,}" for r in s["deliveries_per_s_runs"]),
                 f"{_us(per.get('server'))} ({_us(catch_up)})",
@@ -216,6 +225,12 @@ def tables(summary: dict[str, Any]) -> str:
                 )
     for server, m in summary.get("idle_memory", {}).items():
         notes.extend(f"- idle memory {server}: FAILED {p}" for p in m["problems"])
+    cpus = summary["environment"].get("cpus") or 1
+    if any(_limits(s, cpus) for s in summary["flat_out"].values()):
+        notes.append(
+            f"- all cores busy: the {cpus} cores were at least {MACHINE_FULL:.0%} busy in the"
+            " median window (server, PostgreSQL, load processes and other work together)"
+        )
     parts = [flat_table(summary), "", offered_table(summary)]
     return "\n".join(parts + (["", *notes] if notes else []))
 
