@@ -21,8 +21,9 @@ left out of the medians.
    the window until quiet), PostgreSQL's for productflo, p50/p99 delivery and ack latency.
 2. Offered load: the same at --offered-fraction (50 %) of productflo's median message rate
    (messages/s in all, spread evenly over the clients): latency percentiles at equal load.
-3. Idle memory: each server started afresh; the growth of its resident set per connection while
-   --idle-connections idle connections (welcomed, in no room) are opened.
+3. Idle memory: each server started afresh (--quick: the same processes); the growth of its
+   resident set per connection while --idle-connections idle connections (welcomed, in no room)
+   are opened.
 
 The machine may be shared: each run first waits (up to --wait-quiet s) until work that is none of
 these processes uses less than 0.2 of a core, and a run whose window it still made busy is run
@@ -58,7 +59,7 @@ from bench._harness import database_facts, fresh_database, postgres_root
 from bench.append_throughput import RATE_LIMIT, postmaster, write_results
 from bench.fanout import report
 from bench.fanout.measure import Bench, Run
-from bench.fanout.servers import HERE, SERVERS, node_executable, started
+from bench.fanout.servers import HERE, SERVERS, Target, node_executable, started
 from bench.socketio_throughput import code_facts, server_log_facts
 from productflo.database import DatabaseUrl
 
@@ -241,8 +242,22 @@ async def throughput(
         flat = await interleaved(bench, "flat_out", None)
         rate = offered_rate(options, flat[0])
         offered = await interleaved(bench, "offered", rate) if rate else ({}, {})
+        # --quick only smokes the memory code: on the servers already running, which saves
+        # restarting them. Otherwise each is measured afresh (idle_memory below).
+        memory = await idle_memory_of(bench, targets) if options.quick and options.idle else {}
         logs = {name: server_log_facts(target.log) for name, target in targets.items()}
-    return {"flat": flat, "rate": rate, "offered": offered, "logs": logs}
+    return {"flat": flat, "rate": rate, "offered": offered, "logs": logs, "memory": memory}
+
+
+async def idle_memory_of(bench: Bench, targets: dict[str, Target]) -> dict[str, Any]:
+    found = {}
+    for name, target in targets.items():
+        found[name] = await bench.idle_memory(target, bench.options.idle)
+        say(
+            f"idle memory {name}: {found[name]['kib_per_connection']} KiB/connection"
+            f" at {found[name]['connections']:,} {found[name]['problems'] or ''}"
+        )
+    return found
 
 
 async def idle_memory(
@@ -253,11 +268,8 @@ async def idle_memory(
     for name in options.servers:
         settings = options.productflo_setting
         with started(name, database, workdir / f"{name}-memory", settings) as target:
-            bench = Bench({name: target}, None, workdir, options)
-            found[name] = await bench.idle_memory(target, options.idle)
-            say(
-                f"idle memory {name}: {found[name]['kib_per_connection']} KiB/connection"
-                f" at {found[name]['connections']:,} {found[name]['problems'] or ''}"
+            found.update(
+                await idle_memory_of(Bench({name: target}, None, workdir, options), {name: target})
             )
     return found
 
@@ -351,7 +363,9 @@ def main(argv: list[str] | None = None) -> int:
         ):
             facts = environment_facts(where, asyncio.run(database_facts(database)), files)
             measured = asyncio.run(throughput(options, database, workdir))
-            memory = asyncio.run(idle_memory(options, database, workdir)) if options.idle else {}
+            memory = measured["memory"]
+            if options.idle and not options.quick:
+                memory = asyncio.run(idle_memory(options, database, workdir))
     summary = summarize(options, measured, memory, facts, time.perf_counter() - began)
     print(report.tables(summary))
     if not options.no_output:

@@ -223,6 +223,8 @@ class Bench:
     async def machine_quiet(self, loads: list[LoadProcess]) -> float:
         """Wait (up to --wait-quiet s) until the machine's other work, what is none of our
         processes, uses less than BUSY_CORES over a QUIET_SAMPLE; the seconds waited."""
+        if self.options.wait_quiet <= 0:
+            return 0.0
         groups = {
             "servers": list(self.processes.values()),
             "postgres": [self.postgres] if self.postgres is not None else [],
