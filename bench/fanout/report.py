@@ -145,7 +145,7 @@ def flat_table(summary: dict[str, Any]) -> str:
             "deliveries/s (median)",
             "rounds",
             "server CPU µs/delivery (+ catch-up)",
-            "PostgreSQL µs/delivery",
+            "PostgreSQL µs/delivery (+ catch-up)",
             "delivery p50 / p99 ms",
             "ack p50 / p99 ms",
             "lossless",
