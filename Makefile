@@ -21,7 +21,7 @@ $(JS)/node_modules/.package-lock.json: $(JS)/package.json $(JS)/package-lock.jso
 serve: $(STAMP)
 	$(BIN)/productflo serve
 
-test: $(STAMP) $(JS)/node_modules/.package-lock.json
+test: $(STAMP) $(JS)/node_modules/.package-lock.json $(FANOUT)/node_modules/.package-lock.json
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 # The fuzz suites (tests/fuzz) alone, 20 times longer than in `make test`; the counts are printed
@@ -44,4 +44,4 @@ bench: $(STAMP) $(FANOUT)/node_modules/.package-lock.json
 	$(BIN)/python -m bench.append_throughput && exit $$fanout
 
 clean:
-	rm -rf $(VENV) $(JS)/node_modules .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(JS)/node_modules $(FANOUT)/node_modules .pytest_cache .mypy_cache .ruff_cache
