@@ -1,7 +1,7 @@
 """Following the log from a position, every event once and in order.
 
 A tailer is woken by LISTEN/NOTIFY (through the store), falls back to polling, and reads in
-batches. The events this process commits are offered to it as they commit (`own_commits`), so that
+batches. The events this process commits are offered to it as they commit, so that
 they are followed without a round trip to the database and without decoding them again, but only
 when they continue exactly where the tailer stands: positions have no holes (store.py), so `first
 == position + 1` proves nothing was skipped. Anything else (another process committed in between)
@@ -32,7 +32,6 @@ class Tailer:
         batch_size: int = 1000,
         poll_interval: float = 0.5,
         fold: float = 0.0,
-        own_commits: bool = True,
     ) -> None:
         self.position = after
         self._store = store
@@ -44,9 +43,7 @@ class Tailer:
         self._rest_until = 0.0
         self._wake = asyncio.Event()
         self._offered: deque[list[RecordedEvent]] = deque()
-        self._unsubscribe = [store.subscribe_wakeups(self._wake.set)]
-        if own_commits:
-            self._unsubscribe.append(store.on_commit(self.offer))
+        self._unsubscribe = [store.subscribe_wakeups(self._wake.set), store.on_commit(self.offer)]
 
     def offer(self, events: list[RecordedEvent]) -> None:
         """Hand over events just committed by this process (a shortcut, never a requirement)."""

@@ -35,7 +35,7 @@ class FrameProtocol(WebSocketsSansIOProtocol):
 
     def handle_connect(self, event: Request) -> None:
         super().handle_connect(event)
-        if self.handshake_initiated and not self.close_sent:  # upgraded: the app runs next
+        if not self.close_sent:  # upgraded (a refused handshake is closed at once): the app runs
             self.scope["extensions"][EXTENSION] = {"write": self.write_frames}
 
     async def write_frames(self, frames: Sequence[bytes]) -> None:

@@ -14,6 +14,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 
 from productflo.envelopes import WELCOME_MESSAGE
+from productflo.transports import wire
 from tests.conftest import ServerThread
 
 pytestmark = pytest.mark.anyio
@@ -192,6 +193,30 @@ async def test_compression_offered_by_a_client_is_declined(connect: Any) -> None
     assert "Sec-WebSocket-Extensions" not in alice.connection.response.headers
     await alice.chat("r", "plain")
     assert (await alice.recv_code("chat_response"))["data"]["message"] == "plain"
+
+
+async def test_under_the_servers_own_protocol_envelopes_go_out_as_frames_many_per_write(
+    start_server: Any, connect_to: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fast path (transports/wire.py) is the one taken: each write carries whole frames,
+    several when several envelopes were queued, and the client reads each as one message."""
+    writes: list[int] = []
+    original = wire.FrameProtocol.write_frames
+
+    async def counted(self: wire.FrameProtocol, frames: Any) -> None:
+        writes.append(len(frames))
+        await original(self, frames)
+
+    monkeypatch.setattr(wire.FrameProtocol, "write_frames", counted)
+    server = start_server()
+    alice = await connect_to(server, "/ws?user_id=alice")
+    await alice.join("r")
+    for n in range(50):
+        await alice.send({"code": "chat", "room_id": "r", "data": {"message": f"m{n}"}})
+    texts = [(await alice.recv_code("chat_response"))["data"]["message"] for _ in range(50)]
+    assert texts == [f"m{n}" for n in range(50)]
+    assert sum(writes) >= 52, "welcome, join and the chats all went through write_frames"
+    assert max(writes) > 1, "envelopes queued together left in one write"
 
 
 @pytest.mark.parametrize("ws", ["websockets-sansio", "wsproto"])
