@@ -164,9 +164,9 @@ def websocket_options(settings: Settings) -> dict[str, object]:
         # websockets (sans-I/O), plus whole frames written many at a time (transports/wire.py)
         "ws": "productflo.transports.wire:FrameProtocol",
         "ws_max_size": settings.max_message_bytes,
-        # Off, as in Node's Socket.IO server: compressing each small envelope for each recipient
-        # took a tenth of the server's CPU under load, and ~70 KiB of zlib state per connection.
-        "ws_per_message_deflate": False,
+        # Off unless PRODUCTFLO_WS_COMPRESSION=1, as in Node's Socket.IO server: compressing each
+        # small envelope for each recipient took a tenth of the server's CPU under load.
+        "ws_per_message_deflate": settings.ws_compression,
     }
 
 

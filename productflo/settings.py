@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     outbound_queue_size: int = Field(default=1000, gt=0)
     outbound_queue_bytes: int = Field(default=1024 * 1024, gt=0)  # SPEC section 6
     poll_interval: float = Field(default=0.5, gt=0)
+    # permessage-deflate for clients that offer it: off, as in Node's Socket.IO server (it costs
+    # each recipient a compression of each envelope). uvicorn bounds it: 4 KiB windows, memLevel 5.
+    ws_compression: bool = False
     # Socket.IO's heartbeat. A long-polling request is held open for up to interval + timeout.
     socketio_ping_interval: float = Field(default=25.0, gt=0)
     socketio_ping_timeout: float = Field(default=20.0, gt=0)

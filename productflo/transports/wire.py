@@ -11,11 +11,10 @@ The protocol offers that as an ASGI extension, `scope["extensions"]["productflo.
 `{"write": write}` (an ASGI server may put in an extension whatever its apps agree on). Under any
 other server the extension is absent and the native transport sends through ASGI as before.
 
-Frames written this way are never compressed. That is valid on a connection that negotiated
-permessage-deflate too: a message whose RSV1 bit is clear is not compressed (RFC 7692, 6), so the
-client's inflater never sees it. The server does not negotiate compression unless configured
-to (`productflo serve`), since compressing each envelope for each recipient cost a tenth of its
-CPU under load.
+Frames written this way are never compressed, so a connection that negotiated permessage-deflate
+(only offered with PRODUCTFLO_WS_COMPRESSION=1: compressing each envelope for each recipient cost
+a tenth of the server's CPU under load) does without the extension: its envelopes go through ASGI
+and websockets compresses each, as the client asked.
 """
 
 from __future__ import annotations
@@ -35,7 +34,8 @@ class FrameProtocol(WebSocketsSansIOProtocol):
 
     def handle_connect(self, event: Request) -> None:
         super().handle_connect(event)
-        if not self.close_sent:  # upgraded (a refused handshake is closed at once): the app runs
+        # Upgraded (a refused handshake is closed at once) and uncompressed: the app runs.
+        if not self.close_sent and not self.conn.extensions:
             self.scope["extensions"][EXTENSION] = {"write": self.write_frames}
 
     async def write_frames(self, frames: Sequence[bytes]) -> None:

@@ -195,6 +195,38 @@ async def test_compression_offered_by_a_client_is_declined(connect: Any) -> None
     assert (await alice.recv_code("chat_response"))["data"]["message"] == "plain"
 
 
+async def test_with_compression_configured_a_client_that_offers_it_gets_it_bounded(
+    start_server: Any, connect_to: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PRODUCTFLO_WS_COMPRESSION=1: permessage-deflate with 4 KiB windows for a client that offers
+    it, whose envelopes then go through websockets (compressed), never the uncompressed frames
+    path; a client that does not offer it still gets the frames path."""
+    framed: list[int] = []
+    original = wire.FrameProtocol.write_frames
+
+    async def counted(self: wire.FrameProtocol, frames: Any) -> None:
+        framed.append(len(frames))
+        await original(self, frames)
+
+    monkeypatch.setattr(wire.FrameProtocol, "write_frames", counted)
+    server = start_server(ws_compression=True)
+    alice = await connect_to(server, "/ws?user_id=alice", compression="deflate")
+    assert alice.connection.response is not None
+    offer = alice.connection.response.headers["Sec-WebSocket-Extensions"]
+    assert "permessage-deflate" in offer and "server_max_window_bits=12" in offer
+    await alice.chat("r", "squeeze " * 500)
+    assert (await alice.recv_code("chat_response"))["data"]["message"] == "squeeze " * 500
+    assert framed == [], "a compressed connection's envelopes never take the frames path"
+
+    bob = await connect_to(server, "/ws?user_id=bob", compression=None)
+    assert bob.connection.response is not None
+    assert "Sec-WebSocket-Extensions" not in bob.connection.response.headers
+    await bob.chat("r", "plain")
+    assert (await bob.recv_code("chat_response"))["data"]["message"] == "plain"
+    assert (await alice.recv_code("chat_response"))["data"]["message"] == "plain"
+    assert framed, "the uncompressed connection's envelopes went out as frames"
+
+
 async def test_under_the_servers_own_protocol_envelopes_go_out_as_frames_many_per_write(
     start_server: Any, connect_to: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
