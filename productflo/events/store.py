@@ -48,6 +48,7 @@ from productflo.events.models import (
     Outline,
     RecordedEvent,
 )
+from productflo.events.recent import Recent
 from productflo.jsontext import encode_text, is_storable
 
 log = logging.getLogger(__name__)
@@ -160,6 +161,7 @@ class EventStore:
         self._appender: asyncio.Task[None] | None = None
         self._lane = _Lane(dsn)
         self._listener: asyncio.Task[None] | None = None
+        self._recent: Recent | None = None
         self._wake_listeners: set[Callable[[], None]] = set()
         self._commit_listeners: list[CommitListener] = []
         self._volatile_listeners: list[VolatileListener] = []
@@ -179,6 +181,7 @@ class EventStore:
             init=_init_connection,
         )
         self.log_id = await self._read_log_id()
+        self._recent = Recent(self.read, await self.head())
         self._appender = asyncio.create_task(self._append_loop(), name="productflo-appender")
         self._listener = asyncio.create_task(self._listen_loop(), name="productflo-listener")
 
@@ -194,6 +197,8 @@ class EventStore:
             self._listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._listener
+        if self._recent is not None:
+            self._recent.close()
         self._lane.close()
         if self._pool is not None:
             await self._pool.close()
@@ -207,6 +212,13 @@ class EventStore:
         if self._pool is None:
             raise RuntimeError("EventStore.start() has not run")
         return self._pool
+
+    @property
+    def recent(self) -> Recent:
+        """The end of the log this process holds, shared by its tailers (recent.py)."""
+        if self._recent is None:
+            raise RuntimeError("EventStore.start() has not run")
+        return self._recent
 
     # -- appending -----------------------------------------------------------------------------
 
@@ -294,6 +306,7 @@ class EventStore:
             self.events_committed += len(outcome.new)
             metrics.EVENTS_APPENDED.inc(len(outcome.new))
             metrics.APPEND_BATCH_SIZE.observe(len(outcome.new))
+            self.recent.learn(outcome.new)
             for listener in self._commit_listeners:
                 listener(outcome.new)
 
@@ -451,7 +464,13 @@ class EventStore:
         for listener in self._volatile_listeners:
             listener(message)
 
-    def _wake_all(self, *_: object) -> None:
+    def _notified(self, _c: object, _pid: int, _channel: str, payload: object) -> None:
+        """A commit's NOTIFY: its payload is the new head (append_events(), migration 0003)."""
+        with contextlib.suppress(ValueError):
+            self.recent.notified(int(str(payload)))
+        self._wake_all()
+
+    def _wake_all(self) -> None:
         for callback in list(self._wake_listeners):
             callback()
 
@@ -469,14 +488,16 @@ class EventStore:
             lost = asyncio.Event()
             connection.add_termination_listener(_setter(lost))
             try:
-                await connection.add_listener(NOTIFY_CHANNEL, self._wake_all)
+                await connection.add_listener(NOTIFY_CHANNEL, self._notified)
                 await connection.add_listener(VOLATILE_CHANNEL, self._receive_volatile)
+                self.recent.listening(True)  # a read from here on sees what came meanwhile
                 self._wake_all()  # anything committed while we were not listening
                 await lost.wait()
             except _CONNECTION_ERRORS:
                 pass
             finally:
                 connection.terminate()
+            self.recent.listening(False)
             self._wake_all()
 
 

@@ -1,19 +1,17 @@
 """Following the log from a position, every event once and in order.
 
-A tailer is woken by LISTEN/NOTIFY (through the store), falls back to polling, and reads in
-batches. The events this process commits are offered to it as they commit, so that
-they are followed without a round trip to the database and without decoding them again, but only
-when they continue exactly where the tailer stands: positions have no holes (store.py), so `first
-== position + 1` proves nothing was skipped. Anything else (another process committed in between)
-is read from the log instead.
+A tailer is woken by LISTEN/NOTIFY and by this process's own commits (through the store's
+`Recent`, recent.py), falls back to polling, and reads in batches. While it stands inside the
+stretch of the log the process already holds (its own commits, and what any tailer read), it takes
+its batches from there, without a round trip and without decoding them again; `Recent` makes the
+one read that tailers at the end of the stretch need, and none when the head shows nothing new.
+Behind the stretch (catching up from a checkpoint), it reads the log itself.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections import deque
 from collections.abc import AsyncIterator
 
 from productflo.errors import StoreError
@@ -42,18 +40,11 @@ class Tailer:
         self._fold = fold
         self._rest_until = 0.0
         self._wake = asyncio.Event()
-        self._offered: deque[list[RecordedEvent]] = deque()
-        self._unsubscribe = [store.subscribe_wakeups(self._wake.set), store.on_commit(self.offer)]
-
-    def offer(self, events: list[RecordedEvent]) -> None:
-        """Hand over events just committed by this process (a shortcut, never a requirement)."""
-        self._offered.append(events)
-        self._wake.set()
+        self._recent = store.recent
+        self._unsubscribe = self._recent.subscribe(self._wake.set)
 
     def close(self) -> None:
-        for unsubscribe in self._unsubscribe:
-            unsubscribe()
-        self._unsubscribe.clear()
+        self._unsubscribe()
 
     async def batches(self) -> AsyncIterator[list[RecordedEvent]]:
         """Each batch continues exactly where the previous one ended."""
@@ -64,41 +55,28 @@ class Tailer:
         if self._rest_until:
             await asyncio.sleep(max(0.0, self._rest_until - asyncio.get_running_loop().time()))
             self._rest_until = 0.0
+        polled = False
         while True:
-            offered = self._take_offered()
-            if offered:
-                return self._advance(offered)
             self._wake.clear()
             try:
-                events = await self._store.read(self.position, self._batch_size)
+                events = await self._read(confirm=polled)
             except StoreError:
                 log.warning("tailer cannot read the log; retrying")
                 events = []
             if events:
                 return self._advance(events)
-            with contextlib.suppress(TimeoutError):
+            try:
                 await asyncio.wait_for(self._wake.wait(), self._poll_interval)
+                polled = False
+            except TimeoutError:
+                polled = True
 
-    def _take_offered(self) -> list[RecordedEvent]:
-        """The offered events that continue where the tailer stands, every offered batch that
-        does (a folding tailer finds several), up to a batch."""
-        taken: list[RecordedEvent] = []
-        last = self.position
-        while self._offered and len(taken) < self._batch_size:
-            events = [e for e in self._offered[0] if e.position > last]
-            if not events:
-                self._offered.popleft()
-                continue
-            if events[0].position != last + 1:
-                # A gap: someone else committed in between. The log has it all, in order.
-                self._offered.clear()
-                break
-            room = self._batch_size - len(taken)
-            taken.extend(events[:room])
-            last = taken[-1].position
-            if len(events) <= room:
-                self._offered.popleft()
-        return taken
+    async def _read(self, *, confirm: bool) -> list[RecordedEvent]:
+        events = await self._recent.after(self.position, self._batch_size, confirm=confirm)
+        if events is None:  # behind what the process holds: from the log
+            events = await self._store.read(self.position, self._batch_size)
+            self._recent.learn(events)
+        return events
 
     def _advance(self, events: list[RecordedEvent]) -> list[RecordedEvent]:
         self.position = events[-1].position

@@ -11,7 +11,7 @@ import asyncpg
 
 from productflo.database import DatabaseUrl
 from productflo.events.models import NewEvent, RecordedEvent
-from productflo.events.store import EventStore
+from productflo.events.store import NOTIFY_CHANNEL, EventStore, connect
 from productflo.events.tailer import Tailer
 
 T = TypeVar("T")
@@ -93,3 +93,18 @@ async def wait_until_blocked_or_done(
             if waiting:
                 return
             await asyncio.sleep(0.02)
+
+
+async def until_listening(store: EventStore, url: DatabaseUrl) -> None:
+    """Return once a NOTIFY from another connection reaches the store's LISTEN connection."""
+    woken = asyncio.Event()
+    unsubscribe = store.subscribe_wakeups(woken.set)
+    connection = await connect(url.dsn)
+    try:
+        async with asyncio.timeout(10):
+            while not woken.is_set():
+                await connection.execute("SELECT pg_notify($1, '0')", NOTIFY_CHANNEL)
+                await asyncio.sleep(0.05)
+    finally:
+        unsubscribe()
+        await connection.close()

@@ -11,7 +11,7 @@ import pytest
 
 from productflo.database import DatabaseUrl
 from productflo.events.models import NewEvent, RecordedEvent
-from productflo.events.store import NOTIFY_CHANNEL, EventStore, append_batch, connect
+from productflo.events.store import EventStore, append_batch, connect
 from productflo.events.tailer import Tailer
 from tests.events import (
     TIMEOUT,
@@ -20,6 +20,7 @@ from tests.events import (
     new_event,
     positions,
     running_store,
+    until_listening,
     wait_until_blocked_or_done,
 )
 
@@ -141,7 +142,7 @@ async def test_a_tailer_sees_every_event_of_many_concurrent_processes_once_in_or
 async def test_a_tailer_fed_its_own_commits_still_sees_every_event_once_in_order(
     database_url: DatabaseUrl,
 ) -> None:
-    """The local fast path (its own store's commits offered) with other processes writing too."""
+    """The local fast path (its own commits held in memory) with other processes writing too."""
     async with (
         asyncio.timeout(TIMEOUT),
         running_store(database_url) as local,
@@ -157,7 +158,7 @@ async def test_a_tailer_fed_its_own_commits_still_sees_every_event_once_in_order
     assert_complete(seen, appended)
 
 
-async def test_an_offered_batch_after_a_gap_is_read_from_the_log_instead(
+async def test_an_own_commit_after_a_gap_is_read_from_the_log_with_the_gap(
     database_url: DatabaseUrl,
 ) -> None:
     async with (
@@ -166,8 +167,8 @@ async def test_an_offered_batch_after_a_gap_is_read_from_the_log_instead(
         running_store(database_url) as other,
     ):
         tailer = Tailer(local, 0, poll_interval=30)
-        await other.append([new_event(n=1), new_event(n=2)])  # 1, 2: not offered
-        [mine] = await local.append([new_event(n=3)])  # 3: offered, after a gap
+        await other.append([new_event(n=1), new_event(n=2)])  # 1, 2: committed elsewhere
+        [mine] = await local.append([new_event(n=3)])  # 3: committed here, after a gap
         seen = await follow(tailer, until=3)
         tailer.close()
     assert positions(seen) == [1, 2, 3]
@@ -192,7 +193,7 @@ async def test_a_commit_in_another_process_wakes_a_waiting_tailer(
         running_store(database_url) as reader_store,
         running_store(database_url) as writer_store,
     ):
-        await _until_listening(reader_store, database_url)
+        await until_listening(reader_store, database_url)
         tailer = Tailer(reader_store, 0, poll_interval=30)
         for n in (1, 2):  # a second time too: the wake-up is re-armed
             with background(tailer.next_batch()) as waiting:
@@ -202,21 +203,6 @@ async def test_a_commit_in_another_process_wakes_a_waiting_tailer(
                 async with asyncio.timeout(10):  # a commit and a NOTIFY; the poll takes 30 s
                     assert positions(await waiting) == [n]
         tailer.close()
-
-
-async def _until_listening(store: EventStore, url: DatabaseUrl) -> None:
-    """Return once a NOTIFY from another connection reaches the store's LISTEN connection."""
-    woken = asyncio.Event()
-    unsubscribe = store.subscribe_wakeups(woken.set)
-    connection = await connect(url.dsn)
-    try:
-        async with asyncio.timeout(10):
-            while not woken.is_set():
-                await connection.execute("SELECT pg_notify($1, '0')", NOTIFY_CHANNEL)
-                await asyncio.sleep(0.05)
-    finally:
-        unsubscribe()
-        await connection.close()
 
 
 async def test_a_folding_tailer_reads_on_while_behind_and_pauses_once_caught_up(
@@ -241,7 +227,7 @@ async def test_a_folding_tailer_reads_on_while_behind_and_pauses_once_caught_up(
 async def test_a_folding_tailer_takes_every_own_commit_of_its_interval_as_one_batch(
     database_url: DatabaseUrl,
 ) -> None:
-    """Each commit is offered on its own; a tailer that rested through several takes them all
+    """Each commit joins the stretch on its own; a tailer that rested through several takes them all
     at once (one commit per interval, it would fall ever further behind a busy log)."""
     async with asyncio.timeout(TIMEOUT), running_store(database_url) as store:
         tailer = Tailer(store, 0, fold=0.2, poll_interval=30)

@@ -3,8 +3,9 @@
 `MemoryLog` answers the part of `EventStore` that the session, the hub, its tailer, replay and the
 access rules call, with the same semantics: positions from 1 with no gap, in commit order; an
 event id already in the log answered with the event as stored (`duplicate=True`); an anonymous
-event in a room whose first event was signed in refused (migration 0006); the commit listeners
-called with each batch, in position order, right after it commits; volatile signals looped back
+event in a room whose first event was signed in refused (migration 0006); each batch handed to its
+`Recent` (the tailers' shared stretch) and the commit listeners right after it commits, then
+notified with the new head; volatile signals looped back
 to this process's listeners, as NOTIFY does. Appends submitted in the same turn of the event loop
 commit as one batch, as they do under the appender. What it does not have (`pool`: the
 projections' tables, checkpoints, history) is left out, so that anything reaching for it fails
@@ -40,6 +41,7 @@ from productflo.events.models import (
     RecordedEvent,
     room_stream,
 )
+from productflo.events.recent import Recent
 from productflo.events.store import CommitListener, EventStore, VolatileListener
 from productflo.hub import Hub
 from productflo.jsontext import is_storable
@@ -75,6 +77,8 @@ class MemoryLog:
         self._commit_listeners: list[CommitListener] = []
         self._volatile_listeners: list[VolatileListener] = []
         self._wake_listeners: set[Callable[[], None]] = set()
+        self.recent = Recent(self.read, 0)
+        self.recent.listening(True)  # every commit notifies, as a store's LISTEN connection does
 
     def as_store(self) -> EventStore:
         """This log where an EventStore is asked for: it has every method those callers use."""
@@ -145,10 +149,11 @@ class MemoryLog:
             elif not request.future.done():
                 request.future.set_result([r for r in results if r is not None])
         if new:
+            self.recent.learn(new)
             for listener in self._commit_listeners:
                 listener(new)
             # The NOTIFY of a commit reaches the listeners after it, from the LISTEN connection.
-            asyncio.get_running_loop().call_soon(self._wake_all)
+            asyncio.get_running_loop().call_soon(self._notified, new[-1].position)
 
     def _append_one(
         self, event: NewEvent, recorded_at: datetime, new: list[RecordedEvent]
@@ -255,6 +260,10 @@ class MemoryLog:
         message = json.loads(text)
         for listener in self._volatile_listeners:
             listener(message)
+
+    def _notified(self, head: int) -> None:
+        self.recent.notified(head)
+        self._wake_all()
 
     def _wake_all(self) -> None:
         for callback in list(self._wake_listeners):
