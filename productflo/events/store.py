@@ -58,6 +58,7 @@ NOTIFY_CHANNEL = "productflo_events"
 VOLATILE_CHANNEL = "productflo_volatile"
 MAX_BATCH_EVENTS = 2000
 COMMAND_TIMEOUT = 10.0
+CLOSE_TIMEOUT = 10.0
 
 _COLUMNS = "position, event_id, stream, version, type, data, metadata, recorded_at"
 
@@ -201,7 +202,14 @@ class EventStore:
             self._recent.close()
         self._lane.close()
         if self._pool is not None:
-            await self._pool.close()
+            # A graceful close waits for every connection to be released, and asyncpg can wait
+            # forever on a cancelled query's acknowledgement (MagicStack/asyncpg#431, #1356): a
+            # stop must end all the same.
+            try:
+                await asyncio.wait_for(self._pool.close(), CLOSE_TIMEOUT)
+            except TimeoutError:
+                log.warning("the read pool did not close within %.0f s; terminated", CLOSE_TIMEOUT)
+                self._pool.terminate()
 
     @property
     def dsn(self) -> str:
