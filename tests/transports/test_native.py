@@ -195,20 +195,27 @@ async def test_compression_offered_by_a_client_is_declined(connect: Any) -> None
     assert (await alice.recv_code("chat_response"))["data"]["message"] == "plain"
 
 
+@pytest.fixture
+def frame_writes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """How many frames each call of the server's frames path wrote, from here on."""
+    writes: list[int] = []
+    original = wire.FrameProtocol.write_frames
+
+    async def counted(self: wire.FrameProtocol, frames: Any) -> None:
+        writes.append(len(frames))
+        await original(self, frames)
+
+    monkeypatch.setattr(wire.FrameProtocol, "write_frames", counted)
+    return writes
+
+
 async def test_with_compression_configured_a_client_that_offers_it_gets_it_bounded(
-    start_server: Any, connect_to: Any, monkeypatch: pytest.MonkeyPatch
+    start_server: Any, connect_to: Any, frame_writes: list[int]
 ) -> None:
     """PRODUCTFLO_WS_COMPRESSION=1: permessage-deflate with 4 KiB windows for a client that offers
     it, whose envelopes then go through websockets (compressed), never the uncompressed frames
     path; a client that does not offer it still gets the frames path."""
-    framed: list[int] = []
-    original = wire.FrameProtocol.write_frames
-
-    async def counted(self: wire.FrameProtocol, frames: Any) -> None:
-        framed.append(len(frames))
-        await original(self, frames)
-
-    monkeypatch.setattr(wire.FrameProtocol, "write_frames", counted)
+    framed = frame_writes
     server = start_server(ws_compression=True)
     alice = await connect_to(server, "/ws?user_id=alice", compression="deflate")
     assert alice.connection.response is not None
@@ -228,18 +235,11 @@ async def test_with_compression_configured_a_client_that_offers_it_gets_it_bound
 
 
 async def test_under_the_servers_own_protocol_envelopes_go_out_as_frames_many_per_write(
-    start_server: Any, connect_to: Any, monkeypatch: pytest.MonkeyPatch
+    start_server: Any, connect_to: Any, frame_writes: list[int]
 ) -> None:
     """The fast path (transports/wire.py) is the one taken: each write carries whole frames,
     several when several envelopes were queued, and the client reads each as one message."""
-    writes: list[int] = []
-    original = wire.FrameProtocol.write_frames
-
-    async def counted(self: wire.FrameProtocol, frames: Any) -> None:
-        writes.append(len(frames))
-        await original(self, frames)
-
-    monkeypatch.setattr(wire.FrameProtocol, "write_frames", counted)
+    writes = frame_writes
     server = start_server()
     alice = await connect_to(server, "/ws?user_id=alice")
     await alice.join("r")
