@@ -1,5 +1,6 @@
 """The fan-out benchmark's own check, end to end: `python -m bench.fanout --quick` against
-productflo and Node Socket.IO loses, doubles and refuses nothing. Its speed is not looked at."""
+productflo (through `ws` and through socket.io-client) and Node Socket.IO loses, doubles and
+refuses nothing. Its speed is not looked at."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 FANOUT = ROOT / "bench" / "fanout"
 QUICK_TIMEOUT = 120.0  # about 20 s here: a hang, not slowness, should fail it
 PACKAGES = ("socket.io", "socket.io-client", "ws")
+SERVERS = ("productflo", "productflo-socketio", "node")
 
 
 def quick_summary(postgres_root: DatabaseUrl, directory: Path) -> dict[str, object]:
@@ -27,7 +29,7 @@ def quick_summary(postgres_root: DatabaseUrl, directory: Path) -> dict[str, obje
     if not all((FANOUT / "node_modules" / name).is_dir() for name in PACKAGES):
         pytest.skip(f"{FANOUT / 'node_modules'} is missing: `make bench`, or `npm ci` in it")
     output = directory / "fanout.json"
-    command = [sys.executable, "-m", "bench.fanout", "--quick", "--servers", "productflo,node"]
+    command = [sys.executable, "-m", "bench.fanout", "--quick", "--servers", ",".join(SERVERS)]
     command += ["--output", str(output), "--plot", str(directory / "fanout.png")]
     env = {**os.environ, "PRODUCTFLO_DATABASE_URL": postgres_root.dsn}
     done = subprocess.run(
@@ -47,13 +49,13 @@ def test_quick_run_delivers_every_message_of_every_room_once(
     flat, offered = summary["flat_out"], summary["offered"]
     assert isinstance(flat, dict) and isinstance(offered, dict)
     for mode in (flat, offered["servers"]):
-        assert set(mode) == {"productflo", "node"}
+        assert set(mode) == set(SERVERS)
         for section in mode.values():
             for run in section["runs"]:
                 assert run["ok"], run["problems"]
                 assert run["deliveries"] == run["expected_deliveries"] == 20 * 5 * 20
     memory = summary["idle_memory"]
-    assert isinstance(memory, dict)
+    assert isinstance(memory, dict) and set(memory) == set(SERVERS)
     for found in memory.values():
         assert found["problems"] == [] and found["connections"] == 100
 

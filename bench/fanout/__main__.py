@@ -1,12 +1,13 @@
 """Fan-out beside Node Socket.IO: productflo, a naive in-memory server and Node, one load design.
 
     .venv/bin/python -m bench.fanout [--rounds 3] [--clients 100] [--room-size 10] [--messages 200]
-                                     [--servers productflo,naive,node] [--quick] ...
+                                     [--servers productflo,productflo-socketio,naive,node] ...
 
 The servers, each one process started here: productflo (`productflo serve` on a fresh database,
 its rate limit raised out of the way; every message committed to PostgreSQL before anyone receives
-it), naive (bench/fanout/naive.py: FastAPI + uvicorn with productflo's uvicorn settings, rooms in
-memory, nothing stored) and node (bench/fanout/server.js: plain Socket.IO 4, default options).
+it), productflo-socketio (the same process, loaded through its Socket.IO endpoint), naive
+(bench/fanout/naive.py: FastAPI + uvicorn with productflo's uvicorn settings, rooms in memory,
+nothing stored) and node (bench/fanout/server.js: plain Socket.IO 4, default options).
 
 The load: N clients in rooms of R, driven by --load-processes Node processes (load.js; `ws` on
 /ws, socket.io-client over the websocket transport only). Each client joins its room, waits for
@@ -38,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import datetime
 import importlib.metadata
 import json
@@ -59,7 +59,14 @@ from bench._harness import database_facts, fresh_database, postgres_root
 from bench.append_throughput import RATE_LIMIT, postmaster, write_results
 from bench.fanout import report
 from bench.fanout.measure import Bench, Run
-from bench.fanout.servers import HERE, SERVERS, Target, node_executable, started
+from bench.fanout.servers import (
+    HERE,
+    SERVERS,
+    Target,
+    node_executable,
+    started,
+    started_together,
+)
 from bench.socketio_throughput import code_facts, server_log_facts
 from productflo.database import DatabaseUrl
 
@@ -230,13 +237,8 @@ async def throughput(
     options: argparse.Namespace, database: DatabaseUrl, workdir: Path
 ) -> dict[str, Any]:
     """Both fan-out modes, every server running throughout."""
-    with contextlib.ExitStack() as stack:
-        targets = {
-            name: stack.enter_context(
-                started(name, database, workdir / name, options.productflo_setting)
-            )
-            for name in options.servers
-        }
+    settings = options.productflo_setting
+    with started_together(options.servers, database, workdir, settings) as targets:
         bench = Bench(targets, await postmaster(database), workdir, options)
         say(f"servers ready: {', '.join(targets)}")
         flat = await interleaved(bench, "flat_out", None)

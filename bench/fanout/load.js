@@ -1,4 +1,4 @@
-// The fan-out benchmark's load generator: one design for all three servers.
+// The fan-out benchmark's load generator: one design for every server.
 //
 //   node load.js CONFIG_JSON
 //
@@ -13,12 +13,14 @@
 //   idle mode: read {"open": N}, bring the number of open connections to N, each welcomed, print
 //   {"event": "opened", ...}; read {"close": true} (or end of input), close, exit.
 //
-// Transports: "ws" (the `ws` package, for productflo and the naive server on /ws) and "socketio"
-// (socket.io-client, websocket transport only, for the Node Socket.IO server). Every chat's text
-// starts with its sequence number and the sender's send time (performance.timeOrigin +
-// performance.now(), ms), which every server returns as is, so each receiver measures delivery
-// latency and each sender its acknowledgement latency (its own copy). Whole rooms live in one
-// process, so a latency is always read on the clock it was written with.
+// Transports: "ws" (the `ws` package, for productflo and the naive server on /ws), "socketio"
+// (socket.io-client, websocket transport only, for the Node Socket.IO server) and
+// "socketio-productflo" (socket.io-client the same way, on productflo's Socket.IO endpoint at /ws,
+// with its framing: docs/protocol.md). Every chat's text starts with its sequence number and the
+// sender's send time (performance.timeOrigin + performance.now(), ms), which every server returns
+// as is, so each receiver measures delivery latency and each sender its acknowledgement latency
+// (its own copy). Whole rooms live in one process, so a latency is always read on the clock it
+// was written with.
 
 'use strict';
 
@@ -46,59 +48,78 @@ function bucket(histogram, ms) {
   histogram[key] = (histogram[key] || 0) + 1;
 }
 
-// -- connections: one shape over both transports ----------------------------------------------
+// -- connections: one shape over every transport -------------------------------------------------
 
-// A client: `send(envelope)`, `close()`, `onEnvelope` (set by its owner), and `ready`, a promise
-// that resolves once the server has welcomed it (ws: the first frame; Socket.IO: `connect`).
+// A client: `send(envelope)`, `close()`, `onEnvelope` and `onClose` (set by its owner), and
+// `ready`, a promise that resolves once the server has welcomed it. `transport` is its socket's
+// `send` and `close`.
+function newClient(user, transport) {
+  const client = {
+    user,
+    closed: false,
+    onEnvelope: () => {},
+    onClose: () => {},
+    send: transport.send,
+    close: () => { client.closed = true; transport.close(); },
+  };
+  return client;
+}
+
+// productflo welcomes a connection with its first envelope, or refuses it with an error envelope:
+// `ready` waits for that one, and every envelope after it goes to `onEnvelope`. The transport
+// calls `envelope` for each envelope it receives and `failed` when it fails or closes.
+function awaitWelcome(client) {
+  let welcomed = false;
+  const hooks = {};
+  client.ready = new Promise((resolve, reject) => {
+    hooks.envelope = (envelope) => {
+      if (welcomed) { client.onEnvelope(envelope); return; }
+      welcomed = true;
+      if (envelope.status === 'error') reject(new Error(`refused: ${JSON.stringify(envelope)}`));
+      else resolve(client);
+    };
+    hooks.failed = (error) => { if (!welcomed) reject(error); };
+  });
+  return hooks;
+}
+
+// `ws` on productflo's (or the naive server's) /ws, the user in the query.
 function connectWs(user) {
   const socket = new WebSocket(`${config.url}?user_id=${encodeURIComponent(user)}`, {
     perMessageDeflate: false,
   });
-  const client = {
-    user,
-    closed: false,
-    onEnvelope: () => {},
-    onClose: () => {},
+  const client = newClient(user, {
     send: (envelope) => socket.send(JSON.stringify(envelope)),
-    close: () => { client.closed = true; socket.terminate(); },
-  };
-  client.ready = new Promise((resolve, reject) => {
-    let welcomed = false;
-    socket.on('message', (data) => {
-      const envelope = JSON.parse(data.toString());
-      if (!welcomed) {
-        welcomed = true;
-        if (envelope.status === 'error') reject(new Error(`refused: ${data}`));
-        else resolve(client);
-        return;
-      }
-      client.onEnvelope(envelope);
-    });
-    socket.on('error', (error) => { if (!welcomed) reject(error); });
-    socket.on('close', (code) => {
-      if (!welcomed) reject(new Error(`closed ${code} before the welcome`));
-      if (!client.closed) client.onClose(code);
-    });
+    close: () => socket.terminate(),
+  });
+  const welcome = awaitWelcome(client);
+  socket.on('message', (data) => welcome.envelope(JSON.parse(data.toString())));
+  socket.on('error', welcome.failed);
+  socket.on('close', (code) => {
+    welcome.failed(new Error(`closed ${code} before the welcome`));
+    if (!client.closed) client.onClose(code);
   });
   return client;
 }
 
-function connectSocketIo(user) {
-  const socket = io(config.url, {
+function socketIo(options) {
+  return io(config.url, {
     transports: ['websocket'],
-    query: { user_id: user },
     forceNew: true,
     reconnection: false,
     timeout: SETUP_TIMEOUT_MS,
+    ...options,
   });
-  const client = {
-    user,
-    closed: false,
-    onEnvelope: () => {},
-    onClose: () => {},
+}
+
+// socket.io-client on the plain Node Socket.IO server (server.js): events `join` and `message`,
+// the envelope as their argument; connected is ready.
+function connectSocketIo(user) {
+  const socket = socketIo({ query: { user_id: user } });
+  const client = newClient(user, {
     send: (envelope) => socket.emit(envelope.code === 'join' ? 'join' : 'message', envelope),
-    close: () => { client.closed = true; socket.disconnect(); },
-  };
+    close: () => socket.disconnect(),
+  });
   socket.on('message', (envelope) => client.onEnvelope(envelope));
   client.ready = new Promise((resolve, reject) => {
     socket.once('connect', () => resolve(client));
@@ -108,7 +129,32 @@ function connectSocketIo(user) {
   return client;
 }
 
-const connect = config.transport === 'socketio' ? connectSocketIo : connectWs;
+// socket.io-client on productflo's Socket.IO endpoint (docs/protocol.md): path /ws, the user in
+// the User-ID header, one event `message` both ways, the server's argument {data: envelope}, and
+// the welcome first, as on /ws.
+function connectProductfloSocketIo(user) {
+  const socket = socketIo({ path: '/ws', extraHeaders: { 'User-ID': user } });
+  const client = newClient(user, {
+    send: (envelope) => socket.emit('message', envelope),
+    close: () => socket.disconnect(),
+  });
+  const welcome = awaitWelcome(client);
+  socket.on('message', (payload) => welcome.envelope(payload.data));
+  socket.once('connect_error', welcome.failed);
+  socket.on('disconnect', (reason) => {
+    welcome.failed(new Error(`disconnected (${reason}) before the welcome`));
+    if (!client.closed) client.onClose(reason);
+  });
+  return client;
+}
+
+const CONNECT = {
+  ws: connectWs,
+  socketio: connectSocketIo,
+  'socketio-productflo': connectProductfloSocketIo,
+};
+const connect = CONNECT[config.transport];
+if (connect === undefined) throw new Error(`unknown transport ${config.transport}`);
 
 function withTimeout(promise, ms, what) {
   let timer;

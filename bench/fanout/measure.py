@@ -124,7 +124,7 @@ class Run:
     def us_per_delivery(self) -> dict[str, float]:
         if not self.deliveries:
             return {}
-        per = {
+        per: dict[str, float] = {
             name: round(1e6 * self.cpu[name] / self.deliveries, 2)
             for name in ("server", "postgres", "load")
             if name in self.cpu
@@ -193,14 +193,20 @@ class Bench:
         self.workdir = workdir
         self.options = options
 
+    def servers(self, but: str | None = None) -> list[psutil.Process]:
+        """The server processes, each once (one may serve several targets), but `but`'s."""
+        skip = self.targets[but].pid if but else None
+        unique = {process.pid: process for process in self.processes.values()}
+        return [process for pid, process in unique.items() if pid != skip]
+
     def meter(self, name: str, loads: Iterable[LoadProcess] = ()) -> Meter:
         groups = {
             "server": [self.processes[name]],
-            "idle_servers": [p for n, p in self.processes.items() if n != name],
+            "idle_servers": self.servers(but=name),
             "load": [load.psutil for load in loads],
             "bench": [psutil.Process()],
         }
-        if name == "productflo" and self.postgres is not None:
+        if self.targets[name].program == "productflo" and self.postgres is not None:
             groups["postgres"] = [self.postgres]
         return Meter(groups)
 
@@ -226,7 +232,7 @@ class Bench:
         if self.options.wait_quiet <= 0:
             return 0.0
         groups = {
-            "servers": list(self.processes.values()),
+            "servers": self.servers(),
             "postgres": [self.postgres] if self.postgres is not None else [],
             "load": [load.psutil for load in loads],
             "bench": [psutil.Process()],
@@ -360,7 +366,7 @@ class Bench:
 
 async def slow_clients_closed(target: Target) -> int | None:
     """productflo's count of connections it closed 1013 for not keeping up (None elsewhere)."""
-    if target.name != "productflo":
+    if target.program != "productflo":
         return None
     text = await asyncio.to_thread(http_get, f"http://127.0.0.1:{target.port}/metrics")
     for line in text.splitlines():

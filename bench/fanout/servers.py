@@ -1,13 +1,17 @@
-"""The three servers under test, each started in a subprocess of its own and stopped after."""
+"""The servers under test, each started in a subprocess of its own and stopped after.
+
+A server here is a program and the clients that load it: productflo-socketio is `productflo
+serve`, as productflo is, loaded through its Socket.IO endpoint instead of /ws.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 from bench._harness import free_port, running_server, wait_ready
@@ -16,11 +20,23 @@ from productflo.database import DatabaseUrl
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
-SERVERS = ("productflo", "naive", "node")
+SERVERS = ("productflo", "productflo-socketio", "naive", "node")
+# How load.js reaches each (its header describes the transports).
+TRANSPORTS = {
+    "productflo": "ws",
+    "productflo-socketio": "socketio-productflo",
+    "naive": "ws",
+    "node": "socketio",
+}
 STOP_TIMEOUT = 20.0
 
 
-@dataclass(frozen=True)
+def program_of(name: str) -> str:
+    """The program a server of SERVERS runs: productflo for both of productflo's."""
+    return "productflo" if name.startswith("productflo") else name
+
+
+@dataclasses.dataclass(frozen=True)
 class Target:
     """A running server: its process, and how the load generator reaches it."""
 
@@ -30,15 +46,19 @@ class Target:
     log: Path
 
     @property
+    def program(self) -> str:
+        return program_of(self.name)
+
+    @property
     def transport(self) -> str:
-        return "socketio" if self.name == "node" else "ws"
+        return TRANSPORTS[self.name]
 
     @property
     def url(self) -> str:
         """What load.js connects to: the native /ws endpoint, or the Socket.IO server's origin."""
-        if self.transport == "socketio":
-            return f"http://127.0.0.1:{self.port}"
-        return f"ws://127.0.0.1:{self.port}/ws"
+        if self.transport == "ws":
+            return f"ws://127.0.0.1:{self.port}/ws"
+        return f"http://127.0.0.1:{self.port}"
 
 
 def node_executable() -> str:
@@ -84,16 +104,36 @@ def started(
     `database` with its rate limit out of the way, and any other PRODUCTFLO_* `settings`; the
     others store nothing."""
     workdir.mkdir(parents=True, exist_ok=True)
-    if name == "productflo":
+    program = program_of(name)
+    if program == "productflo":
         settings = {"PRODUCTFLO_RATE_LIMIT": RATE_LIMIT, **(settings or {})}
         with running_server(database, workdir, settings) as server:
             yield Target(name, server.pid, server.port, workdir / "server.log")
-    elif name == "naive":
+    elif program == "naive":
         with subprocess_server(name, [sys.executable, "-m", "bench.fanout.naive"], workdir) as t:
             yield t
-    elif name == "node":
+    elif program == "node":
         command = [node_executable(), str(HERE / "server.js")]
         with subprocess_server(name, command, workdir) as target:
             yield target
     else:
         raise ValueError(f"unknown server {name!r}; choose from {', '.join(SERVERS)}")
+
+
+@contextlib.contextmanager
+def started_together(
+    names: list[str], database: DatabaseUrl, workdir: Path, settings: dict[str, str]
+) -> Iterator[dict[str, Target]]:
+    """Every one of `names` running until the block ends, one process per program: both of
+    productflo's load the same server."""
+    with contextlib.ExitStack() as stack:
+        processes: dict[str, Target] = {}
+        targets = {}
+        for name in names:
+            program = program_of(name)
+            if program not in processes:
+                processes[program] = stack.enter_context(
+                    started(program, database, workdir / program, settings)
+                )
+            targets[name] = dataclasses.replace(processes[program], name=name)
+        yield targets
