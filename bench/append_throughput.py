@@ -13,10 +13,15 @@ What is measured (README.md has the numbers and how to read them):
 - baseline: what PostgreSQL gives without group commit: the same number of events, each INSERTed
   in a transaction of its own (autocommit: the INSERT and its COMMIT in one round trip) by N
   concurrent asyncpg connections, into a scratch table with the log's columns and indexes.
+- raw batched: PostgreSQL's own batched insert rate, the figure the issue compares the append
+  rate with: the same events again, --batch-rows to a transaction over --batch-connections
+  connections, two ways, as one multi-row INSERT (unnest of arrays) and as one COPY (binary).
+  Neither is faster everywhere, so each round's rate is the faster of the two in that round, and
+  the websocket and eventstore rates are reported as shares of it.
 - eventstore: the EventStore itself, in this process, N concurrent tasks appending one event each
   at a time (the group-commit appender without WebSocket, JSON or delivery in the way).
 
-The three are interleaved round by round, so drift on a shared machine hits them alike; medians
+They are interleaved round by round, so drift on a shared machine hits them alike; medians
 over the rounds are reported. The database is an embedded PostgreSQL in a temporary directory, or
 the server named by PRODUCTFLO_DATABASE_URL (a fresh database is created on it and dropped after).
 """
@@ -63,14 +68,24 @@ RATE_LIMIT = "100000"  # messages/s per connection: far above what a client here
 DRAIN_TIMEOUT = 30.0
 MESSAGE = "Has anyone reviewed the latest design update? The enclosure tolerances changed."
 
-# The baseline's table: the log's columns, defaults, constraints and indexes, without its head
+# The baselines' table: the log's columns, defaults, constraints and indexes, without its head
 # row (positions from a sequence instead) and without its append-only triggers.
-SCRATCH_TABLE = "CREATE TABLE bench_scratch (LIKE events INCLUDING ALL)"
-SCRATCH_SEQUENCE = "CREATE SEQUENCE bench_scratch_position"
+SCRATCH = (
+    "CREATE SEQUENCE bench_scratch_position",
+    "CREATE TABLE bench_scratch (LIKE events INCLUDING ALL)",
+    "ALTER TABLE bench_scratch ALTER position SET DEFAULT nextval('bench_scratch_position')",
+)
+SCRATCH_COLUMNS = ["event_id", "stream", "version", "type", "data", "metadata"]
 SCRATCH_INSERT = """
-INSERT INTO bench_scratch (position, event_id, stream, version, type, data, metadata)
-VALUES (nextval('bench_scratch_position'), $1, $2, $3, 'chat', $4::jsonb, $5::jsonb)
+INSERT INTO bench_scratch (event_id, stream, version, type, data, metadata)
+VALUES ($1, $2, $3, $4, $5::jsonb, $6::jsonb)
 """
+SCRATCH_BATCH_INSERT = """
+INSERT INTO bench_scratch (event_id, stream, version, type, data, metadata)
+SELECT * FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::text[], $5::jsonb[], $6::jsonb[])
+"""
+BATCH_ROWS = 1000  # rows per transaction in the raw batched baselines
+BATCH_CONNECTIONS = 2
 
 
 @dataclass(frozen=True)
@@ -81,6 +96,8 @@ class Options:
     duration: float
     warmup: float
     output: Path | None
+    batch_rows: int
+    batch_connections: int
 
 
 @dataclass(frozen=True)
@@ -147,6 +164,13 @@ class Rounds:
     websocket: list[WebSocketRun] = field(default_factory=list)
     baseline: list[DirectRun] = field(default_factory=list)
     eventstore: list[DirectRun] = field(default_factory=list)
+    batched_insert: list[DirectRun] = field(default_factory=list)
+    batched_copy: list[DirectRun] = field(default_factory=list)
+
+    def raw_batched(self) -> list[float]:
+        """PostgreSQL's raw batched insert rate in each round: the faster way of that round."""
+        pairs = zip(self.batched_insert, self.batched_copy, strict=True)
+        return [max(insert.rate, copy.rate) for insert, copy in pairs]
 
 
 def histogram_totals(text: str, name: str) -> tuple[float, float]:
@@ -332,28 +356,62 @@ async def timed_workers(workers: int, work: Callable[[int], Awaitable[None]]) ->
     return time.perf_counter() - began
 
 
-async def baseline_run(url: DatabaseUrl, connections: int, events: int) -> DirectRun:
-    """`events` single-row transactions over `connections` concurrent connections."""
-    opened = await asyncio.gather(*(asyncpg.connect(url.dsn) for _ in range(connections)))
-    remaining = events
+Row = tuple[uuid.UUID, str, int, str, str, str]  # in SCRATCH_COLUMNS order
+Write = Callable[[asyncpg.Connection, list[Row]], Awaitable[None]]
+
+
+def scratch_rows(stream: str, user: str, count: int) -> list[Row]:
+    """`count` chats of one user on a stream of its own, as the server would log them."""
     data = json.dumps({"message": MESSAGE})
+    metadata = json.dumps({"user_id": user, "transport": "bench"})
+    return [
+        (uuid.uuid4(), stream, version, "chat", data, metadata) for version in range(1, count + 1)
+    ]
+
+
+async def insert_one(connection: asyncpg.Connection, rows: list[Row]) -> None:
+    (row,) = rows
+    await connection.execute(SCRATCH_INSERT, *row)
+
+
+async def insert_batch(connection: asyncpg.Connection, rows: list[Row]) -> None:
+    columns = [list(column) for column in zip(*rows, strict=True)]
+    await connection.execute(SCRATCH_BATCH_INSERT, *columns)
+
+
+async def copy_batch(connection: asyncpg.Connection, rows: list[Row]) -> None:
+    await connection.copy_records_to_table("bench_scratch", records=rows, columns=SCRATCH_COLUMNS)
+
+
+async def scratch_run(
+    url: DatabaseUrl, connections: int, events: int, per_transaction: int, write: Write
+) -> DirectRun:
+    """`events` rows into the scratch table over `connections` concurrent connections, each its
+    own stream, `per_transaction` rows to a transaction (autocommit: one statement each). The
+    rows are made before the clock starts, so that it times PostgreSQL and the driver."""
+    opened = await asyncio.gather(*(asyncpg.connect(url.dsn) for _ in range(connections)))
     run = uuid.uuid4().hex[:8]
+    shares = [events // connections + (i < events % connections) for i in range(connections)]
+    transactions = [
+        chunks(
+            scratch_rows(room_stream(f"baseline-{run}-{i}"), f"baseline-{i}", n), per_transaction
+        )
+        for i, n in enumerate(shares)
+    ]
 
     async def work(i: int) -> None:
-        nonlocal remaining
-        stream = room_stream(f"baseline-{run}-{i}")
-        metadata = json.dumps({"user_id": f"baseline-{i}", "transport": "bench"})
-        version = 0
-        while remaining > 0:
-            remaining -= 1
-            version += 1
-            await opened[i].execute(SCRATCH_INSERT, uuid.uuid4(), stream, version, data, metadata)
+        for rows in transactions[i]:
+            await write(opened[i], rows)
 
     try:
         elapsed = await timed_workers(connections, work)
     finally:
         await asyncio.gather(*(c.close() for c in opened))
     return DirectRun(events / elapsed, events)
+
+
+def chunks(rows: list[Row], size: int) -> list[list[Row]]:
+    return [rows[start : start + size] for start in range(0, len(rows), size)]
 
 
 async def eventstore_run(store: EventStore, tasks: int, window: Window) -> DirectRun:
@@ -383,8 +441,8 @@ async def eventstore_run(store: EventStore, tasks: int, window: Window) -> Direc
 async def prepare_scratch(url: DatabaseUrl) -> None:
     connection = await asyncpg.connect(url.dsn)
     try:
-        await connection.execute(SCRATCH_TABLE)
-        await connection.execute(SCRATCH_SEQUENCE)
+        for statement in SCRATCH:
+            await connection.execute(statement)
     finally:
         await connection.close()
 
@@ -403,8 +461,14 @@ async def measure(options: Options, server: ServerProcess, direct: DatabaseUrl) 
             ws = await metered(meters, websocket_run(server, options, round_no))
             rounds.websocket.append(ws)
             events = max(ws.acked, 1000)
-            rounds.baseline.append(
-                await metered(meters, baseline_run(direct, options.clients, events))
+            one_by_one = scratch_run(direct, options.clients, events, 1, insert_one)
+            rounds.baseline.append(await metered(meters, one_by_one))
+            batched = (options.batch_connections, events, options.batch_rows)
+            rounds.batched_insert.append(
+                await metered(meters, scratch_run(direct, *batched, insert_batch))
+            )
+            rounds.batched_copy.append(
+                await metered(meters, scratch_run(direct, *batched, copy_batch))
             )
             window = Window.after(options.warmup, options.duration)
             rounds.eventstore.append(
@@ -428,9 +492,11 @@ async def metered(meters: Meters, run: Awaitable[Run]) -> Run:
 
 def progress(round_no: int, rounds: Rounds) -> None:
     ws, base, direct = rounds.websocket[-1], rounds.baseline[-1], rounds.eventstore[-1]
+    insert, copy = rounds.batched_insert[-1], rounds.batched_copy[-1]
     print(
         f"round {round_no + 1}: websocket {ws.rate:8.0f} ev/s ({ws.commits.events_per_commit:.1f}"
-        f" ev/commit)  baseline {base.rate:8.0f} ev/s  eventstore {direct.rate:8.0f} ev/s",
+        f" ev/commit)  baseline {base.rate:8.0f} ev/s  eventstore {direct.rate:8.0f} ev/s"
+        f"  raw batched: insert {insert.rate:8.0f} copy {copy.rate:8.0f} ev/s",
         file=sys.stderr,
         flush=True,
     )
@@ -483,6 +549,33 @@ def websocket_summary(runs: list[WebSocketRun], memory: dict[str, int]) -> dict[
     }
 
 
+def shares_of(measured: list[float], basis: list[float]) -> dict[str, Any]:
+    """Each round's rate as a share of the same round's `basis`, and their median."""
+    shares = [rate / of for rate, of in zip(measured, basis, strict=True)]
+    return {
+        "median": round(median(shares), 3),
+        "runs": [round(share, 3) for share in shares],
+    }
+
+
+def raw_batched_summary(options: Options, rounds: Rounds) -> dict[str, Any]:
+    basis = rounds.raw_batched()
+    return {
+        "connections": options.batch_connections,
+        "rows_per_transaction": options.batch_rows,
+        "events_per_s_median": round(median(basis)),
+        "events_per_s_runs": [round(rate) for rate in basis],
+        "faster_way_runs": [
+            "copy" if copy.rate > insert.rate else "insert"
+            for insert, copy in zip(rounds.batched_insert, rounds.batched_copy, strict=True)
+        ],
+        "insert": rates(rounds.batched_insert),
+        "copy": rates(rounds.batched_copy),
+        "websocket_share": shares_of([run.rate for run in rounds.websocket], basis),
+        "eventstore_share": shares_of([run.rate for run in rounds.eventstore], basis),
+    }
+
+
 def eventstore_summary(runs: list[DirectRun]) -> dict[str, Any]:
     ratios = [run.events_per_commit for run in runs if run.events_per_commit]
     return {
@@ -505,6 +598,8 @@ def summarize(
             "duration_s": options.duration,
             "warmup_s": options.warmup,
             "rate_limit": int(RATE_LIMIT),
+            "batch_rows": options.batch_rows,
+            "batch_connections": options.batch_connections,
         },
         "environment": facts,
         "websocket": websocket_summary(rounds.websocket, memory),
@@ -516,6 +611,7 @@ def summarize(
             "connections": options.clients,
             **rates(rounds.baseline),
         },
+        "baseline_raw_batched": raw_batched_summary(options, rounds),
     }
 
 
@@ -528,14 +624,19 @@ def table(summary: dict[str, Any]) -> str:
     ws = summary["websocket"]
     base = summary["baseline_one_event_per_transaction"]
     direct = summary["eventstore_in_process"]
+    raw = summary["baseline_raw_batched"]
     latency = ws["ack_latency_ms"]
     n = summary["config"]["clients"]
+    batches = (
+        f"{raw['rows_per_transaction']:,} rows a transaction, {raw['connections']} connections"
+    )
     rows = [
         ("", "events/s", "CPU cores (median)", "notes"),
         (
             f"websocket, {n} clients",
             f"{ws['events_per_s_median']:,}",
             _cores(ws),
+            f"{raw['websocket_share']['median']:.0%} of raw batched; "
             f"ack p50/p95/p99 {latency['p50']}/{latency['p95']}/{latency['p99']} ms; "
             f"{ws['events_per_commit_mean']} events/commit; "
             f"server peak RSS {ws['server_peak_rss_mib']} MiB",
@@ -544,6 +645,7 @@ def table(summary: dict[str, Any]) -> str:
             f"eventstore, {n} tasks",
             f"{direct['events_per_s_median']:,}",
             _cores(direct),
+            f"{raw['eventstore_share']['median']:.0%} of raw batched; "
             f"{direct['events_per_commit_median']} events/commit; in process, no WebSocket",
         ),
         (
@@ -551,6 +653,24 @@ def table(summary: dict[str, Any]) -> str:
             f"{base['events_per_s_median']:,}",
             _cores(base),
             "one INSERT per transaction: no group commit",
+        ),
+        (
+            "raw batched",
+            f"{raw['events_per_s_median']:,}",
+            "",
+            f"the faster of the two below in each round ({', '.join(raw['faster_way_runs'])})",
+        ),
+        (
+            "  multi-row INSERT",
+            f"{raw['insert']['events_per_s_median']:,}",
+            _cores(raw["insert"]),
+            f"unnest of arrays, {batches}",
+        ),
+        (
+            "  COPY",
+            f"{raw['copy']['events_per_s_median']:,}",
+            _cores(raw["copy"]),
+            f"binary, {batches}",
         ),
     ]
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
@@ -577,10 +697,31 @@ def parse_options(argv: list[str] | None) -> Options:
     )
     parser.add_argument("--clients", type=int, default=50, help="WebSocket clients (default 50)")
     parser.add_argument("--in-flight", type=int, default=20, help="unacknowledged per client (20)")
+    parser.add_argument(
+        "--batch-rows",
+        type=int,
+        default=BATCH_ROWS,
+        help=f"rows per transaction in the raw batched baselines ({BATCH_ROWS})",
+    )
+    parser.add_argument(
+        "--batch-connections",
+        type=int,
+        default=BATCH_CONNECTIONS,
+        help=f"connections of the raw batched baselines ({BATCH_CONNECTIONS})",
+    )
     add_run_options(parser, RESULTS)
     args = parser.parse_args(argv)
     output = None if args.no_output else args.output
-    return Options(args.clients, args.in_flight, args.runs, args.duration, args.warmup, output)
+    return Options(
+        clients=args.clients,
+        in_flight=args.in_flight,
+        runs=args.runs,
+        duration=args.duration,
+        warmup=args.warmup,
+        output=output,
+        batch_rows=args.batch_rows,
+        batch_connections=args.batch_connections,
+    )
 
 
 def environment_facts(
