@@ -147,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     options.output.parent.mkdir(parents=True, exist_ok=True)
     options.output.write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary, indent=2))
+    print(f"results: {options.output}", file=sys.stderr)
     return 0
 
 
