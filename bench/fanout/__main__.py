@@ -94,6 +94,8 @@ QUICK = {
     "rerun_busy": 0,
 }
 BEGAN = time.perf_counter()
+UNLIMITED_FILES = 1 << 16  # the soft descriptor limit taken when the hard one is unlimited
+SERVER_FILES = 512  # descriptors a server holds beside its connections (a generous bound)
 
 
 def say(text: str) -> None:
@@ -175,11 +177,23 @@ def parse_options(argv: list[str] | None) -> argparse.Namespace:
 
 
 def raise_file_limit() -> int:
-    """Every child inherits this: 10,000 idle connections need more descriptors than 1,024."""
+    """RLIMIT_NOFILE's soft limit raised to its hard one, for this process and so for every child
+    (the servers, the load processes): 10,000 idle connections need more than the usual 1,024."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY or soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    # Linux refuses an unlimited soft limit for descriptors (it is capped by fs.nr_open).
+    ceiling = max(soft, UNLIMITED_FILES) if hard == resource.RLIM_INFINITY else hard
+    if soft < ceiling:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (ceiling, hard))
     return int(resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+
+
+def check_file_limit(files: int, idle: int) -> None:
+    """SystemExit, before anything starts, when the server cannot hold `idle` connections."""
+    if idle + SERVER_FILES > files:
+        raise SystemExit(
+            f"RLIMIT_NOFILE is {files}: {idle:,} idle connections need {idle + SERVER_FILES:,};"
+            " raise the hard limit (ulimit -Hn) or lower --idle-connections"
+        )
 
 
 def offered_rate(options: argparse.Namespace, flat: dict[str, list[Run]]) -> float | None:
@@ -354,6 +368,7 @@ def summarize(
 def main(argv: list[str] | None = None) -> int:
     options = parse_options(argv)
     files = raise_file_limit()
+    check_file_limit(files, options.idle)
     node_executable()
     began = time.perf_counter()
     tag = f"{os.getpid()}_{uuid.uuid4().hex[:6]}"
