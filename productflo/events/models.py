@@ -8,7 +8,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 JsonObject = dict[str, Any]
 
@@ -59,9 +59,12 @@ class NewEvent:
     event_id: uuid.UUID = field(default_factory=new_event_id)
 
 
-@dataclass(frozen=True)
-class RecordedEvent:
-    """An event as it stands in the log."""
+class RecordedEvent(NamedTuple):
+    """An event as it stands in the log.
+
+    A named tuple, not a frozen dataclass: rebuilds and replays make hundreds of thousands of
+    these a second, and a tuple is built in well under half the time (a frozen dataclass sets
+    each field through `object.__setattr__`), while being just as immutable."""
 
     position: int
     event_id: uuid.UUID
@@ -97,9 +100,9 @@ class AppendResult:
     duplicate: bool
 
 
-@dataclass(frozen=True)
-class Outline:
-    """An event's light columns: enough to decide who saw it, without its data."""
+class Outline(NamedTuple):
+    """An event's light columns: enough to decide who saw it, without its data (a named tuple,
+    as RecordedEvent: a replay reads one for every event of the user's streams in its window)."""
 
     position: int
     stream: str
