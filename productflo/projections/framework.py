@@ -4,16 +4,22 @@ rebuilt.
 
 A rebuild replays the whole log into fresh copies of the projection's tables (`<table>_rebuild`)
 while the live ones keep serving, then, holding the checkpoint row so the live runner waits,
-catches up with what arrived meanwhile and swaps the tables by renaming them.
+catches up with what arrived meanwhile and swaps the tables by renaming them. It applies each batch
+with the same `apply` the live runner uses; the keys and indexes only the model's readers need
+are built once the fresh tables are loaded.
 """
 
 from __future__ import annotations
 
+import json
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
+import orjson
 
 from productflo.consumers import Transactional, ensure_tables
 from productflo.events.checkpoints import (
@@ -31,6 +37,7 @@ __all__ = [
     "Status",
     "checkpoint",
     "ensure_tables",
+    "json_rows",
     "read_rows",
     "rebuild",
     "rebuild_all",
@@ -43,7 +50,25 @@ REBUILD_BATCH = 5000
 
 
 class Projection(Transactional):
-    """A read model: a transactional consumer with tables of its own, which something reads."""
+    """A read model: a transactional consumer with tables of its own, which something reads.
+
+    Its DDL comes in two parts: the tables (with what `apply` itself relies on: the keys its
+    upserts conflict on, the indexes its statements read by), and the keys and indexes only the
+    model's readers need. A rebuild adds those last, once the fresh tables are loaded:
+    PostgreSQL builds an index over a loaded table in a fraction of the time that keeping it up
+    row by row takes."""
+
+    def create(self, suffix: str) -> list[str]:
+        return [*self.create_tables(suffix), *self.create_indexes(suffix)]
+
+    def create_tables(self, suffix: str) -> list[str]:
+        """DDL for the tables, each name followed by `suffix`."""
+        return []
+
+    def create_indexes(self, suffix: str) -> list[str]:
+        """DDL for the keys and indexes `apply` does not rely on, of the tables named with
+        `suffix`."""
+        return []
 
 
 @dataclass(frozen=True)
@@ -55,6 +80,28 @@ class Status:
     @property
     def lag(self) -> int:
         return self.head - self.position
+
+
+def json_rows(rows: Sequence[Sequence[object]]) -> str:
+    """Rows for one of a projection's statements as a single JSON array of arrays, which the
+    statement takes apart (`jsonb_array_elements($1::text::jsonb)`): one parameter instead of
+    an array per column, which the driver checks and encodes element by element. JSON values
+    (an event's data and metadata) go in as they are, ids as text, times in RFC 3339 to the
+    microsecond."""
+    try:
+        return orjson.dumps(rows, default=_text, option=orjson.OPT_NAIVE_UTC).decode()
+    except TypeError:
+        # Integers past 64 bits, which orjson refuses: the standard library writes them, as
+        # when the event was appended (productflo.jsontext.encode).
+        return json.dumps(rows, default=_text, ensure_ascii=False, separators=(",", ":"))
+
+
+def _text(value: object) -> str:
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, datetime):
+        return (value if value.tzinfo is not None else value.replace(tzinfo=UTC)).isoformat()
+    raise TypeError(f"not a column value: {type(value).__name__}")
 
 
 async def read_rows(store: EventStore, query: str, *args: Any) -> list[asyncpg.Record]:
@@ -90,7 +137,7 @@ async def rebuild_all(
             async with connection.transaction():
                 for table in projection.tables:
                     await connection.execute(f"DROP TABLE IF EXISTS {table}{REBUILD}")
-                for statement in projection.create(REBUILD):
+                for statement in projection.create_tables(REBUILD):
                     await connection.execute(statement)
         head = await store.head()
         position = 0
@@ -106,6 +153,9 @@ async def rebuild_all(
             position = events[-1].position
             applied += len(events)
             progress(position, head)
+        for projection in projections:
+            for statement in projection.create_indexes(REBUILD):
+                await connection.execute(statement)
         caught_up = [
             await _catch_up_and_swap(connection, store, projection, position)
             for projection in projections

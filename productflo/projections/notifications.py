@@ -93,7 +93,7 @@ class Notifications(Projection):
     name = "notifications"
     tables: tuple[str, ...] = ("notifications",)
 
-    def create(self, suffix: str) -> list[str]:
+    def create_tables(self, suffix: str) -> list[str]:
         return [
             f"""
             CREATE TABLE notifications{suffix} (
@@ -104,6 +104,7 @@ class Notifications(Projection):
                 read_at    timestamptz
             )
             """,
+            # `apply` reads a user's unread notifications by it: not left for after a rebuild.
             f"CREATE INDEX ON notifications{suffix} (user_id, position)",
         ]
 

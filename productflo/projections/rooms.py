@@ -21,7 +21,7 @@ class Rooms(Projection):
     name = "rooms"
     tables: tuple[str, ...] = ("rooms", "room_members")
 
-    def create(self, suffix: str) -> list[str]:
+    def create_tables(self, suffix: str) -> list[str]:
         return [
             f"""
             CREATE TABLE rooms{suffix} (
