@@ -5,12 +5,13 @@ rebuilt.
 A rebuild replays the whole log into fresh copies of the projection's tables (`<table>_rebuild`)
 while the live ones keep serving, then, holding the checkpoint row so the live runner waits,
 catches up with what arrived meanwhile and swaps the tables by renaming them. It applies each batch
-with the same `apply` the live runner uses; the keys and indexes only the model's readers need
-are built once the fresh tables are loaded.
+with the same `apply` the live runner uses; the next batch is read while this one is applied, and
+the keys and indexes only the model's readers need are built once the fresh tables are loaded.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import Callable, Sequence
@@ -29,6 +30,7 @@ from productflo.events.checkpoints import (
     lock_checkpoint,
     move_checkpoint,
 )
+from productflo.events.models import RecordedEvent
 from productflo.events.store import EventStore, translated
 
 __all__ = [
@@ -46,7 +48,11 @@ __all__ = [
 
 REBUILD = "_rebuild"
 RETIRED = "_retired"
-REBUILD_BATCH = 5000
+# Events per read of the log and per transaction of a rebuild. The next batch is decoded while
+# this one is applied; past a few thousand events, the decoding of the next holds up the writing
+# of this one's statements more than fewer round trips save (the messages rebuild over 100,000
+# events: 118,000 events/s in batches of 2,000, 94,000 in batches of 5,000).
+REBUILD_BATCH = 2000
 
 
 class Projection(Transactional):
@@ -142,17 +148,20 @@ async def rebuild_all(
         head = await store.head()
         position = 0
         applied = 0
-        while position < head:
-            events = await store.read(position, REBUILD_BATCH)
-            events = [event for event in events if event.position <= head]
-            if not events:
-                break
-            async with connection.transaction():
-                for projection in projections:
-                    await projection.apply(connection, events, REBUILD)
-            position = events[-1].position
-            applied += len(events)
-            progress(position, head)
+        reading = _read(store, position, head)
+        try:
+            while reading is not None and (events := await reading):
+                async with connection.transaction():
+                    # The next batch is asked for once this one's statements are on their way:
+                    # the driver then decodes it while PostgreSQL applies this one.
+                    reading = _read(store, events[-1].position, head)
+                    for projection in projections:
+                        await projection.apply(connection, events, REBUILD)
+                position = events[-1].position
+                applied += len(events)
+                progress(position, head)
+        finally:
+            await _cancel(reading)
         for projection in projections:
             for statement in projection.create_indexes(REBUILD):
                 await connection.execute(statement)
@@ -161,6 +170,21 @@ async def rebuild_all(
             for projection in projections
         ]
     return applied + max(caught_up, default=0)
+
+
+def _read(store: EventStore, after: int, head: int) -> asyncio.Task[list[RecordedEvent]] | None:
+    """A read of the next batch up to `head` (positions are gapless: no read goes past it), in
+    a task of its own, on a connection of the pool; None at the head."""
+    if after >= head:
+        return None
+    return asyncio.ensure_future(store.read(after, min(REBUILD_BATCH, head - after)))
+
+
+async def _cancel(task: asyncio.Task[Any] | None) -> None:
+    """A read ahead must not outlive the rebuild that failed (or stopped) before taking it."""
+    if task is not None:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
 
 
 async def _catch_up_and_swap(

@@ -1,4 +1,4 @@
-"""Rebuilds: over many batches, a rebuild gives the tables live application gives."""
+"""Rebuilds: over many batches, read ahead, a rebuild gives the tables live application gives."""
 
 from __future__ import annotations
 
@@ -11,10 +11,12 @@ import pytest
 
 from productflo.consumers import apply_batch
 from productflo.database import DatabaseUrl
-from productflo.events.models import NewEvent
+from productflo.events.models import NewEvent, RecordedEvent
 from productflo.events.store import EventStore
 from productflo.projections import PROJECTIONS, framework
 from productflo.projections.framework import (
+    Connection,
+    Projection,
     ensure_tables,
     rebuild,
     rebuild_all,
@@ -115,8 +117,8 @@ async def _apply_live(store: EventStore, sizes: Sequence[int]) -> None:
 async def test_a_rebuild_over_many_batches_equals_live_application_for_every_projection(
     database_url: DatabaseUrl, monkeypatch: pytest.MonkeyPatch, passes: str
 ) -> None:
-    """Live batches of 1 to 3 events, a rebuild in batches of 4: the same rows, the same keys and
-    indexes (a rebuild adds some of them once its tables are loaded)."""
+    """Live batches of 1 to 3 events; a rebuild in batches of 4, each read while the one before
+    is applied: the same rows, the same indexes."""
     async with asyncio.timeout(TIMEOUT), running_store(database_url) as store:
         for event in _conversation():  # one commit each, as separate clients would
             await store.append([event])
@@ -155,3 +157,36 @@ async def test_a_messages_row_is_the_event_as_the_log_holds_it(database_url: Dat
         assert awkward and {k: awkward[0][k] for k in AWKWARD if k != "exponent"} == {
             k: v for k, v in AWKWARD.items() if k != "exponent"
         }
+
+
+class FailsLater(Messages):
+    """Applies a first batch, then fails: a rebuild that stops with a read ahead under way."""
+
+    name = "messages"
+
+    def __init__(self) -> None:
+        self.batches = 0
+
+    async def apply(
+        self, connection: Connection, events: Sequence[RecordedEvent], suffix: str
+    ) -> None:
+        self.batches += 1
+        if self.batches == 2:
+            raise ConnectionResetError("the apply failed here")
+        await super().apply(connection, events, suffix)
+
+
+async def test_a_failed_rebuild_leaves_no_read_ahead_behind_and_the_live_tables_as_they_were(
+    database_url: DatabaseUrl, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with asyncio.timeout(TIMEOUT), running_store(database_url) as store:
+        await store.append(_conversation())
+        await _apply_live(store, [7])
+        live = await _snapshot(database_url)
+        monkeypatch.setattr(framework, "REBUILD_BATCH", 5)
+        before = asyncio.all_tasks()
+        failing: Projection = FailsLater()
+        with pytest.raises(ConnectionResetError):
+            await rebuild(store, failing, lambda p, h: None)
+        assert asyncio.all_tasks() == before, "no read of the log outlives the rebuild"
+        assert await _snapshot(database_url) == live
