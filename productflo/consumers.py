@@ -219,10 +219,14 @@ class Runner:
                 await asyncio.gather(*tasks, return_exceptions=True)
         finally:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(connection.close(), 5)
+                async with asyncio.timeout(5):
+                    await connection.close()
 
     async def _hold(self, connection: asyncpg.Connection) -> None:
         """Return (so that _lead stops) as soon as the lock's connection is gone."""
         while True:
             await asyncio.sleep(max(1.0, self._poll_interval))
-            await asyncio.wait_for(connection.fetchval("SELECT 1"), 10)
+            # Not asyncio.wait_for, which on Python 3.11 can drop the cancellation that stops
+            # this loop (productflo.events.tailer).
+            async with asyncio.timeout(10):
+                await connection.fetchval("SELECT 1")

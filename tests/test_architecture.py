@@ -132,3 +132,16 @@ def test_the_package_has_no_import_cycle() -> None:
 def test_the_cycle_finder_finds_a_cycle() -> None:
     graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
     assert _cycles(graph) == [["a", "b", "c"]]
+
+
+def test_nothing_waits_with_asyncio_wait_for() -> None:
+    """`asyncio.wait_for` on Python 3.11 returns what it waited for, dropping the cancellation,
+    when both come in one turn of the event loop: a loop built on it may never stop (a tailer's
+    did, hanging a stop for hours). `asyncio.timeout` keeps the cancellation."""
+    found = [
+        f"productflo/{name}:{node.lineno}"
+        for name, tree in _modules()
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute) and node.attr == "wait_for"
+    ]
+    assert not found, "asyncio.wait_for in:\n" + "\n".join(found)

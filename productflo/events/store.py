@@ -206,7 +206,8 @@ class EventStore:
             # forever on a cancelled query's acknowledgement (MagicStack/asyncpg#431, #1356): a
             # stop must end all the same.
             try:
-                await asyncio.wait_for(self._pool.close(), CLOSE_TIMEOUT)
+                async with asyncio.timeout(CLOSE_TIMEOUT):
+                    await self._pool.close()
             except TimeoutError:
                 log.warning("the read pool did not close within %.0f s; terminated", CLOSE_TIMEOUT)
                 self._pool.terminate()

@@ -40,6 +40,7 @@ class Tailer:
         self._fold = fold
         self._rest_until = 0.0
         self._wake = asyncio.Event()
+        self.waiting = False  # caught up: waiting for a wake-up or the poll interval
         self._recent = store.recent
         self._unsubscribe = self._recent.subscribe(self._wake.set)
 
@@ -65,11 +66,17 @@ class Tailer:
                 events = []
             if events:
                 return self._advance(events)
+            # Not asyncio.wait_for: on Python 3.11 it drops a cancellation that comes in the turn
+            # the wake-up does, and the tailer's owner could never stop it.
+            self.waiting = True
             try:
-                await asyncio.wait_for(self._wake.wait(), self._poll_interval)
+                async with asyncio.timeout(self._poll_interval):
+                    await self._wake.wait()
                 polled = False
             except TimeoutError:
                 polled = True
+            finally:
+                self.waiting = False
 
     async def _read(self, *, confirm: bool) -> list[RecordedEvent]:
         events = await self._recent.after(self.position, self._batch_size, confirm=confirm)
