@@ -23,12 +23,13 @@ class Outgoing:
     """An envelope on its way out; its JSON (and its WebSocket frame) is encoded on first use and
     then shared."""
 
-    __slots__ = ("_data", "_frame", "envelope")
+    __slots__ = ("_data", "_event", "_frame", "envelope")
 
     def __init__(self, envelope: JsonObject) -> None:
         self.envelope = envelope
         self._data: bytes | None = None
         self._frame: bytes | None = None
+        self._event: str | None = None
 
     @property
     def data(self) -> bytes:
@@ -52,6 +53,15 @@ class Outgoing:
         if self._frame is None:
             self._frame = _text_frame(self.data)
         return self._frame
+
+    @property
+    def event(self) -> str:
+        """The envelope as the Socket.IO EVENT packet a client's `message` handler gets,
+        `2["message",{"data":envelope}]` in the default namespace: the same text for every
+        connection (productflo.transports.socketio)."""
+        if self._event is None:
+            self._event = f'2["message",{{"data":{self.text}}}]'
+        return self._event
 
 
 def _text_frame(payload: bytes) -> bytes:

@@ -200,8 +200,15 @@ class SocketIOTransport:
         self._closing: asyncio.Task[None] | None = None
 
     async def send(self, messages: Sequence[Outgoing]) -> None:
+        """Hand the envelopes to Engine.IO as the packets `emit("message", {"data": envelope})`
+        would build, but built once per event for all its recipients (`Outgoing.event`) and
+        queued here in order: python-socketio's `emit` encodes the packet again for each call
+        and sends it from a task of its own."""
+        eio_sid = self._sio.manager.eio_sid_from_sid(self._sid, "/")
+        if eio_sid is None:  # disconnected: as `emit` would, send nothing
+            return
         for message in messages:
-            await self._sio.emit("message", {"data": message.envelope}, to=self._sid)
+            await self._sio.eio.send(eio_sid, message.event)
 
     async def close(self, code: int, reason: str) -> None:
         # Socket.IO has no close codes: the last envelope says why, then the server disconnects.

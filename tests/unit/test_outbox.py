@@ -1,9 +1,11 @@
-"""Outgoing's WebSocket frame, read back by the websockets library's own frame parser, and the
-writer's batches taken from an Outbox."""
+"""Outgoing's WebSocket frame, read back by the websockets library's own frame parser, its
+Socket.IO packet, read back by python-socketio's own packet decoder, and the writer's batches
+taken from an Outbox."""
 
 from __future__ import annotations
 
 import pytest
+from socketio.packet import EVENT, Packet
 from websockets.frames import Frame, Opcode
 from websockets.streams import StreamReader
 
@@ -44,6 +46,20 @@ def test_frames_written_back_to_back_read_as_separate_messages() -> None:
     messages = [Outgoing({"n": n, "text": "é" * n}) for n in (1, 200, 70_000)]
     frames = _parsed(b"".join(message.frame for message in messages))
     assert [frame.data.decode() for frame in frames] == [message.text for message in messages]
+
+
+def test_the_socketio_packet_is_what_emit_message_data_envelope_would_send() -> None:
+    """Decoded as a client decodes it: the `message` event in the default namespace, with one
+    argument, `{"data": envelope}`: text beyond ASCII, escapes and integers past 64 bits kept."""
+    envelope = {
+        "type": "chat",
+        "data": {"message": 'caf\u00e9 \U0001f680 "quoted" \\ \n', "n": 2**70, "x": 0.5},
+        "room_id": None,
+    }
+    packet = Packet(encoded_packet=Outgoing(envelope).event)
+    # No namespace written is the default one; no id: no acknowledgement asked of the client.
+    assert packet.packet_type == EVENT and packet.namespace is None and packet.id is None
+    assert packet.data == ["message", {"data": envelope}]
 
 
 async def test_a_writer_takes_what_piled_up_within_its_bounds_and_the_close_after_it() -> None:
