@@ -51,7 +51,7 @@ class Outgoing:
         """The JSON as a WebSocket text frame from a server: unmasked, whole, uncompressed
         (RFC 6455, 5.2), the same bytes for every connection (productflo.transports.wire)."""
         if self._frame is None:
-            self._frame = _text_frame(self.data)
+            self._frame = text_frame(self.data)
         return self._frame
 
     @property
@@ -64,7 +64,8 @@ class Outgoing:
         return self._event
 
 
-def _text_frame(payload: bytes) -> bytes:
+def text_frame(payload: bytes) -> bytes:
+    """`payload` (UTF-8 text) as one whole, unmasked WebSocket text frame, as a server sends it."""
     size = len(payload)
     if size < 126:
         header = struct.pack("!BB", _FIN_TEXT, size)

@@ -33,6 +33,7 @@ from http.cookies import SimpleCookie
 from typing import Any
 from urllib.parse import parse_qs
 
+import engineio.async_drivers.asgi
 import engineio.json
 import socketio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -49,9 +50,10 @@ from productflo.errors import (
 from productflo.events.models import JsonObject
 from productflo.identity import generated_user_id, id_problem
 from productflo.jsontext import storable
-from productflo.outbox import Outgoing
+from productflo.outbox import Outgoing, text_frame
 from productflo.session import Identity, Resume, Session
 from productflo.settings import Settings
+from productflo.transports import wire
 
 log = logging.getLogger(__name__)
 
@@ -315,6 +317,27 @@ async def identify(
     return Identity(user_id=named or generated_user_id(), authenticated=False)
 
 
+class _FramesWebSocket(engineio.async_drivers.asgi.WebSocket):  # type: ignore[misc]
+    """python-engineio's ASGI WebSocket, but a text packet goes out as a frame written straight
+    to the socket where the server offers it (productflo.transports.wire), as the native
+    endpoint's envelopes do, rather than as an ASGI `websocket.send`: the packets a Socket.IO
+    client's writer sends one after the other then reach the socket in one write. Everything
+    python-engineio sends still passes its one queue, in its order."""
+
+    async def __call__(self, environ: dict[str, Any]) -> str:
+        extensions = environ["asgi.scope"].get("extensions") or {}
+        frames = extensions.get(wire.EXTENSION)
+        self._write_frames = frames["write"] if frames else None
+        result: str = await super().__call__(environ)
+        return result
+
+    async def send(self, message: str | bytes) -> None:
+        if self._write_frames is not None and isinstance(message, str):
+            await self._write_frames([text_frame(message.encode())])
+        else:
+            await super().send(message)
+
+
 def create_server(app_state: Any, settings: Settings) -> _Server:
     """The Socket.IO server; `app_state` is the FastAPI app's state (hub, verifier)."""
     sio = _Server(
@@ -331,6 +354,8 @@ def create_server(app_state: Any, settings: Settings) -> _Server:
         logger=False,
         engineio_logger=False,
     )
+    # python-engineio takes its WebSocket class from its async driver's table.
+    sio.eio._async = {**sio.eio._async, "websocket": _FramesWebSocket}
     connections = sio.connections
 
     async def open_session(sid: str, connection: _Connection, resume: object) -> None:

@@ -15,11 +15,18 @@ Frames written this way are never compressed, so a connection that negotiated pe
 (only offered with PRODUCTFLO_WS_COMPRESSION=1: compressing each envelope for each recipient cost
 a tenth of the server's CPU under load) does without the extension: its envelopes go through ASGI
 and websockets compresses each, as the client asked.
+
+Whatever the protocol writes in one turn of the event loop, through this path or any other (a
+frame websockets built, a pong, the close), goes to the socket in one write at the end of the turn
+and in the order it was written (`_TurnWriter`): python-engineio's writer sends a Socket.IO
+client's queued packets one `send` at a time, one system call each before.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
+from typing import Any
 
 from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
@@ -29,8 +36,45 @@ from websockets.protocol import State
 EXTENSION = "productflo.frames"
 
 
+class _TurnWriter:
+    """A transport whose writes within one turn of the event loop reach the socket as one write,
+    at the end of the turn, in order. A close sends what was written first; an abort drops it, as
+    the transport's own abort drops its buffer. Everything else is the transport's."""
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+        self._pending: list[bytes] = []
+        self._loop = asyncio.get_running_loop()
+
+    def write(self, data: bytes) -> None:
+        if not self._pending:
+            self._loop.call_soon(self._flush)
+        self._pending.append(data)
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def abort(self) -> None:
+        self._pending.clear()
+        self._transport.abort()
+
+    def _flush(self) -> None:
+        if self._pending:
+            data = b"".join(self._pending)
+            self._pending.clear()
+            self._transport.write(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
 class FrameProtocol(WebSocketsSansIOProtocol):
     """`productflo serve` runs uvicorn with this class as its WebSocket protocol (`ws=`)."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self.transport = _TurnWriter(self.transport)  # type: ignore[assignment]
 
     def handle_connect(self, event: Request) -> None:
         super().handle_connect(event)

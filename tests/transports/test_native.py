@@ -14,7 +14,6 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 
 from productflo.envelopes import WELCOME_MESSAGE
-from productflo.transports import wire
 from tests.conftest import ServerThread
 
 pytestmark = pytest.mark.anyio
@@ -193,20 +192,6 @@ async def test_compression_offered_by_a_client_is_declined(connect: Any) -> None
     assert "Sec-WebSocket-Extensions" not in alice.connection.response.headers
     await alice.chat("r", "plain")
     assert (await alice.recv_code("chat_response"))["data"]["message"] == "plain"
-
-
-@pytest.fixture
-def frame_writes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """How many frames each call of the server's frames path wrote, from here on."""
-    writes: list[int] = []
-    original = wire.FrameProtocol.write_frames
-
-    async def counted(self: wire.FrameProtocol, frames: Any) -> None:
-        writes.append(len(frames))
-        await original(self, frames)
-
-    monkeypatch.setattr(wire.FrameProtocol, "write_frames", counted)
-    return writes
 
 
 async def test_with_compression_configured_a_client_that_offers_it_gets_it_bounded(

@@ -202,6 +202,42 @@ async def test_last_event_id_in_auth_replays_then_completes(sio_connect: Any, co
     assert texts == ["missed 1", "missed 2"]
 
 
+async def test_over_websocket_packets_go_out_as_frames_several_per_socket_write(
+    sio_connect: Any, connect: Any, frame_writes: list[int], socket_writes: list[int]
+) -> None:
+    """A Socket.IO client's packets take the server's frames path (transports/wire.py), and
+    those python-engineio sends one after the other reach the socket in one write: a replay of
+    40 missed chats, which comes out of the log in one read, arrives whole and in order."""
+    room = f"room-{uuid.uuid4().hex[:8]}"
+    first = await sio_connect(headers={"User-ID": "resumer"})
+    welcome = await first.recv()
+    await first.emit({"code": "join", "room_id": room})
+    joined = await first.recv_until(lambda m: m["code"] == "system" and m["room_id"] == room)
+    await first.sio.disconnect()
+    native = await connect("/ws?user_id=talker")
+    missed = [f"missed {n}" for n in range(40)]
+    for text in missed:
+        await native.chat(room, text)
+    await native.recv_until(
+        lambda m: m["code"] == "chat_response" and m["data"]["message"] == missed[-1]
+    )
+    frame_writes.clear()
+    socket_writes.clear()
+
+    again = await sio_connect(
+        headers={"User-ID": "resumer"},
+        auth={"last_event_id": joined["event_id"], "log_id": welcome["data"]["details"]["log_id"]},
+    )
+    texts: list[str] = []
+    while not (message := await again.recv())["data"].get("details", {}).get("replay_complete"):
+        if message["code"] == "chat_response":
+            texts.append(message["data"]["message"])
+    assert texts == missed
+    assert sum(frame_writes) >= 42, "the welcome, the replay and its end all went out as frames"
+    shared = socket_writes and max(socket_writes) > 1
+    assert shared, "packets sent one after the other shared a socket write"
+
+
 async def test_without_socketio_an_eio_request_does_not_reach_it(start_server: Any) -> None:
     plain = start_server(socketio=False)
     mounted = start_server()
