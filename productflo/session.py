@@ -414,6 +414,9 @@ class Session:
             except Exception:  # the socket is gone; the receive side will notice
                 log.debug("session %s: send failed", self.id, exc_info=True)
                 return
+            # Not held while waiting for the next: an idle connection keeps nothing it has sent
+            # (the welcome's envelope, JSON and frame were a tenth of an idle connection's memory).
+            del messages
 
     # -- inbound -------------------------------------------------------------------------------
 
