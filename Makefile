@@ -46,13 +46,14 @@ bench: $(STAMP) $(FANOUT)/node_modules/.package-lock.json
 	@failed=; \
 	for benchmark in "fanout --idle-connections 10000 --idle-steps 4" \
 			"replay_throughput --events 50000,500000" "rebuild_throughput --events 1000000" \
-			append_throughput; do \
+			append_throughput "socketio_throughput --runs 3" idle_memory_profile; do \
 		echo "== $(BIN)/python -m bench.$$benchmark"; \
 		$(BIN)/python -m bench.$$benchmark || failed="$$failed bench.$${benchmark%% *}"; \
 	done; \
 	echo "results: bench/results/fanout.json bench/results/fanout.png"; \
 	echo "         bench/results/replay_throughput.json bench/results/rebuild_throughput.json"; \
-	echo "         bench/results/append_throughput.json"; \
+	echo "         bench/results/append_throughput.json bench/results/socketio_throughput.json"; \
+	echo "         bench/results/idle_memory_profile.json"; \
 	if [ -n "$$failed" ]; then echo "failed:$$failed"; exit 1; fi
 
 clean:
