@@ -166,7 +166,9 @@ def _echo(raw: dict[str, Any]) -> str | None:
 
 def iso(moment: datetime) -> str:
     """ISO 8601 in UTC with a Z, as every outbound timestamp."""
-    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    if moment.tzinfo is not UTC:  # the log's times come in UTC already
+        moment = moment.astimezone(UTC)
+    return moment.isoformat().replace("+00:00", "Z")
 
 
 def now_iso() -> str:

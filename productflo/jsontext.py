@@ -139,6 +139,32 @@ def encode(value: object) -> bytes:
         return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
 
 
+def decode_stored(text: str) -> Any:
+    """JSON text as PostgreSQL gives it back (a jsonb column), as Python values, read as the
+    standard library reads it, about twice as fast: orjson, whose result is kept unless it holds
+    a float, which may be an integer past 64 bits that orjson read as one (the standard library
+    keeps it exact); then, and for what only the standard library reads (a lone surrogate's
+    escape), the standard library."""
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return json.loads(text)
+    return json.loads(text) if _holds_float(value) else value
+
+
+def _holds_float(value: object) -> bool:
+    # Loops, not any(): this runs for every column read from the log.
+    if type(value) is dict:
+        for item in value.values():
+            if _holds_float(item):
+                return True
+    elif type(value) is list:
+        for item in value:
+            if _holds_float(item):
+                return True
+    return type(value) is float
+
+
 def encode_text(value: object) -> str:
     """`encode` as a str (a query parameter's text)."""
     return encode(value).decode()

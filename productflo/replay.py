@@ -7,8 +7,8 @@ hub's dispatching stood when the session attached.
 
 The window is read twice: first light columns only, to fold the user's membership along it and
 find which positions they see (and, over PRODUCTFLO_REPLAY_LIMIT, keep only the newest); then the
-chosen events in full, in chunks, as the client reads them. Memory is a list of positions, however
-long the client was away.
+chosen events in full, in chunks, as the client reads them (the next chunk read while this one is
+sent). Memory is a list of positions and two chunks, however long the client was away.
 
 Only what the connection may read is replayed (productflo.access): an anonymous connection naming
 a user does not get that user's secure rooms, a token with a `rooms` claim only its rooms.
@@ -16,7 +16,8 @@ a user does not get that user's secure rooms, a token with a `rooms` claim only 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+import asyncio
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 
 from productflo.access import room_about
@@ -65,8 +66,27 @@ async def missed(
     return Missed([position for position, _ in seen[-limit:]], truncated=len(seen) > limit)
 
 
-async def events_at(store: EventStore, positions: list[int]) -> AsyncIterator[RecordedEvent]:
-    """The events at `positions` (ascending), read a chunk at a time."""
-    for start in range(0, len(positions), CHUNK):
-        for event in await store.read_positions(positions[start : start + CHUNK]):
-            yield event
+async def chunks_at(
+    store: EventStore, positions: list[int]
+) -> AsyncGenerator[list[RecordedEvent], None]:
+    """The events at `positions` (ascending), CHUNK at a time. The next chunk is read while the
+    caller sends this one (PostgreSQL and the caller then work at once), never further ahead: a
+    replay holds at most two chunks, however long the client was away."""
+    starts = range(0, len(positions), CHUNK)
+    if not starts:
+        return
+
+    def read(start: int) -> asyncio.Task[list[RecordedEvent]]:
+        return asyncio.create_task(store.read_positions(positions[start : start + CHUNK]))
+
+    ahead = read(starts[0])
+    try:
+        for following in [*starts[1:], None]:
+            chunk = await ahead
+            if following is not None:
+                ahead = read(following)
+            yield chunk
+    finally:
+        if not ahead.done():
+            ahead.cancel()
+            await asyncio.gather(ahead, return_exceptions=True)

@@ -385,10 +385,13 @@ class Session:
             self._settings.replay_limit,
             readable=functools.partial(self._access.readable, self.identity),
         )
-        async for event in replay.events_at(store, found.positions):
-            rendered = render_event(event)
-            if rendered is not None:
-                await self._send_in_order(Outgoing(rendered.envelope))
+        # Closed on the way out, whatever ends the replay: a read ahead is not left behind.
+        async with contextlib.aclosing(replay.chunks_at(store, found.positions)) as chunks:
+            async for chunk in chunks:
+                for event in chunk:
+                    rendered = render_event(event)
+                    if rendered is not None:
+                        await self._send_in_order(Outgoing(rendered.envelope))
         details = {
             "replay_complete": True,
             "last_event_id": upto,

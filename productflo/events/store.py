@@ -49,7 +49,7 @@ from productflo.events.models import (
     RecordedEvent,
 )
 from productflo.events.recent import Recent
-from productflo.jsontext import encode_text, is_storable
+from productflo.jsontext import decode_stored, encode_text, is_storable
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ VolatileListener = Callable[[dict[str, Any]], None]
 
 async def _init_connection(connection: asyncpg.Connection) -> None:
     await connection.set_type_codec(
-        "jsonb", encoder=encode_text, decoder=json.loads, schema="pg_catalog"
+        "jsonb", encoder=encode_text, decoder=decode_stored, schema="pg_catalog"
     )
 
 

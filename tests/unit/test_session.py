@@ -6,11 +6,14 @@ take milliseconds, so that a broken rule is seen at once.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 from collections.abc import Sequence
 
 import pytest
 
+from productflo import replay
 from productflo.envelopes import WELCOME_MESSAGE
 from productflo.errors import CloseCode
 from productflo.events.models import JsonObject
@@ -37,6 +40,15 @@ def event_ids(envelopes: Sequence[object]) -> list[int]:
 def chat_but(**changes: object) -> str:
     """A chat frame (client_msg_id `b1`) with some fields changed."""
     return json.dumps({**chat("r", "hi", "b1"), **changes})
+
+
+def said_texts(envelopes: Sequence[object]) -> list[str]:
+    """The texts of the chats among `envelopes`, in order."""
+    return [
+        e["data"]["message"]
+        for e in envelopes
+        if isinstance(e, dict) and e.get("code") == "chat_response"
+    ]
 
 
 def completes_replay(envelope: JsonObject) -> bool:
@@ -269,6 +281,38 @@ async def test_a_resuming_client_gets_what_it_missed_once_in_order_then_live_eve
         "replayed": 2,
         "truncated": False,
     }
+
+
+async def test_a_replay_of_several_chunks_comes_whole_in_order_while_live_events_wait(
+    log: MemoryLog, start: Start, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Chunks of 4, each read while the one before is sent: 23 missed chats (six chunks, the
+    last short) arrive once and in order, then replay_complete, then what came live meanwhile."""
+    monkeypatch.setattr(replay, "CHUNK", 4)
+    await log.append([appended("alice", "r", "join")])
+    await log.append([said("bob", "r", f"m{n}") for n in range(23)])
+    process = await start()
+    alice = await process.connect("alice", resume=Resume(1))
+    await log.append([said("bob", "r", "live")])
+    received = await alice.transport.until(lambda e: e.get("event_id") == 25)
+    assert event_ids(received) == [*range(2, 25), 25]
+    assert completes_replay(received[-2]) and received[-2]["data"]["details"]["replayed"] == 23
+    assert said_texts(received) == [*(f"m{n}" for n in range(23)), "live"]
+
+
+async def test_a_replay_that_stops_early_leaves_no_read_behind(
+    log: MemoryLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The caller takes one chunk and goes: the read of the next, under way, is cancelled."""
+    monkeypatch.setattr(replay, "CHUNK", 2)
+    await log.append([said("bob", "r", f"m{n}") for n in range(6)])
+    before = asyncio.all_tasks()
+    async with contextlib.aclosing(replay.chunks_at(log.as_store(), [1, 2, 3, 4, 5, 6])) as chunks:
+        async for chunk in chunks:
+            assert [event.position for event in chunk] == [1, 2]
+            assert len(asyncio.all_tasks() - before) == 1, "the next chunk is being read"
+            break
+    assert asyncio.all_tasks() - before == set()
 
 
 async def test_a_replay_over_the_limit_keeps_the_newest_and_says_truncated(
