@@ -10,6 +10,7 @@ from pathlib import Path
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.datastructures import State
 
@@ -33,6 +34,8 @@ from productflo.transports import socketio as socketio_transport
 log = logging.getLogger(__name__)
 
 _STATIC = Path(__file__).parent / "static"
+# The page names its modules by path, not by version: a browser should ask again on each visit.
+_NO_CACHE = {"Cache-Control": "no-cache"}
 
 
 def create_app(settings: Settings, database: DatabaseUrl, *, owns_process: bool = False) -> FastAPI:
@@ -75,8 +78,14 @@ def create_app(settings: Settings, database: DatabaseUrl, *, owns_process: bool 
 
     @app.get("/", include_in_schema=False)
     async def web_client() -> FileResponse:
-        """A minimal browser client of the native protocol."""
-        return FileResponse(_STATIC / "index.html")
+        """The browser client (docs/client.md): the page; its modules are under /static."""
+        return FileResponse(_STATIC / "index.html", headers=_NO_CACHE)
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    async def favicon() -> FileResponse:
+        return FileResponse(_STATIC / "favicon.svg", media_type="image/svg+xml")
+
+    app.mount("/static", StaticFiles(directory=_STATIC), name="static")
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

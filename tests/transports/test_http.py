@@ -105,11 +105,17 @@ async def test_the_history_message_pages_the_same_way(connect: Any, server: Serv
 
 
 async def test_the_root_serves_a_web_client_of_the_native_protocol(server: ServerThread) -> None:
+    """The page, its modules and its icon (tests/browser drives the client itself)."""
     async with httpx.AsyncClient(base_url=server.http) as http:
-        response = await http.get("/")
-    assert response.status_code == 200
-    assert response.headers["content-type"].startswith("text/html")
-    assert "new WebSocket(" in response.text and "last_event_id" in response.text
+        page = await http.get("/")
+        module = await http.get("/static/connection.js")
+        icon = await http.get("/favicon.ico")
+    assert page.status_code == 200
+    assert page.headers["content-type"].startswith("text/html")
+    assert 'src="/static/app.js"' in page.text
+    assert module.status_code == 200
+    assert "new WebSocket(" in module.text and "last_event_id" in module.text
+    assert icon.status_code == 200 and icon.headers["content-type"].startswith("image/svg+xml")
 
 
 HUGE = 10**30  # past any 64-bit integer

@@ -1,0 +1,60 @@
+"""The web client as a test drives it: what a user sees and does, through roles and labels."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from playwright.sync_api import Locator, Page, expect
+
+from tests.conftest import ServerThread
+
+
+class ChatPage:
+    def __init__(self, page: Page) -> None:
+        self.page = page
+
+    @classmethod
+    def open(cls, context: Any, server: ServerThread, user: str, room: str) -> ChatPage:
+        """A new tab on the deep link that signs `user` in and opens `room`."""
+        chat = cls(context.new_page())
+        chat.goto(server, f"/?user_id={user}&room={room}")
+        return chat
+
+    def goto(self, server: ServerThread, path: str = "/") -> None:
+        self.page.goto(server.http + path)
+
+    @property
+    def log(self) -> Locator:
+        """The open room's messages (SPEC section 8: the one visible `log`)."""
+        return self.page.get_by_role("log")
+
+    @property
+    def box(self) -> Locator:
+        return self.page.get_by_role("textbox", name="Message")
+
+    @property
+    def connection(self) -> Locator:
+        return self.page.locator("#connection")
+
+    def chats(self) -> Locator:
+        """The texts of the open room's chat messages (membership lines and answers left out)."""
+        return self.log.locator(".msg.chat .text")
+
+    def senders(self) -> Locator:
+        return self.log.locator(".msg.chat .sender")
+
+    def send(self, text: str) -> None:
+        self.box.fill(text)
+        self.box.press("Enter")
+
+    def expect_live(self) -> None:
+        expect(self.connection).to_have_attribute("data-state", "live")
+
+    def expect_chats(self, texts: list[str]) -> None:
+        """Exactly these messages, in this order: each once."""
+        expect(self.chats()).to_have_text(texts)
+
+    def room_button(self, room: str) -> Locator:
+        return self.page.get_by_role("navigation", name="Rooms").locator(
+            f'button[data-room="{room}"]'
+        )

@@ -1,0 +1,128 @@
+"""Debian's Chromium, driven by Playwright, against real servers on 127.0.0.1.
+
+Nothing is downloaded: the browser is /usr/bin/chromium (`apt-get install -y chromium`). Where it
+is missing the tests are skipped with that command as the reason, and the terminal summary says
+which tests did not run.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from productflo.database import DatabaseUrl
+from tests.conftest import ServerThread
+
+CHROMIUM = Path("/usr/bin/chromium")
+INSTALL = "apt-get install -y chromium"
+LAUNCH_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+SCREENSHOTS = Path(__file__).resolve().parent / "screenshots"
+TIMEOUT_MS = 20_000
+
+
+def _missing() -> str | None:
+    """Why the browser tests cannot run here, or None."""
+    if not (CHROMIUM.is_file() and os.access(CHROMIUM, os.X_OK)):
+        return f"{CHROMIUM} is missing: install it with `{INSTALL}`"
+    if importlib.util.find_spec("playwright") is None:
+        return (
+            "the playwright package is missing: install it with `.venv/bin/pip install -e '.[dev]'`"
+        )
+    return None
+
+
+MISSING = _missing()
+_skipped: list[str] = []
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if MISSING is None:
+        return
+    here = Path(__file__).resolve().parent
+    for item in items:
+        if here in Path(str(item.path)).resolve().parents:
+            item.add_marker(pytest.mark.skip(reason=f"browser test not run: {MISSING}"))
+            _skipped.append(item.nodeid)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if not _skipped:
+        return
+    terminalreporter.write_sep("=", "browser tests not run", yellow=True)
+    terminalreporter.write_line(f"{len(_skipped)} browser tests were skipped: {MISSING}")
+    for nodeid in _skipped:
+        terminalreporter.write_line(f"  {nodeid}")
+
+
+@pytest.fixture
+def browser(database_url: DatabaseUrl) -> Iterator[Any]:
+    """One Chromium per test. Playwright's sync API keeps an event loop running on this thread
+    while it lives, where asyncio.run (the database fixtures) cannot run: so it starts after the
+    test's database and stops before it is dropped, and never outlives the test."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=LAUNCH_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def new_context(browser: Any) -> Iterator[Any]:
+    """`new_context(**options)`: a fresh browser profile (its own localStorage), closed after."""
+    contexts: list[Any] = []
+
+    def make(**options: Any) -> Any:
+        options.setdefault("viewport", {"width": 1100, "height": 760})
+        context = browser.new_context(**options)
+        context.set_default_timeout(TIMEOUT_MS)
+        contexts.append(context)
+        return context
+
+    yield make
+    for context in contexts:
+        context.close()
+
+
+@pytest.fixture
+def restart() -> Iterator[Any]:
+    """`restart(server)`: stop a server and start another on its database and its port, where
+    the pages it served look for it again; the new one is stopped after the test."""
+    started: list[ServerThread] = []
+
+    def again(server: ServerThread) -> ServerThread:
+        server.stop()
+        replacement = ServerThread(server.settings, server.database)
+        replacement.server.config.port = server.port
+        replacement.start()
+        started.append(replacement)
+        return replacement
+
+    yield again
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def screenshot(request: pytest.FixtureRequest) -> Any:
+    """`screenshot(page, state)` saves tests/browser/screenshots/<test>-<state>.png."""
+    SCREENSHOTS.mkdir(exist_ok=True)
+
+    def take(page: Any, state: str) -> None:
+        page.screenshot(path=str(SCREENSHOTS / f"{request.node.name}-{state}.png"))
+
+    return take
