@@ -8,6 +8,17 @@ from playwright.sync_api import Locator, Page, expect
 
 from tests.conftest import ServerThread
 
+# Installed before the page's own scripts: every state the connection indicator goes through, so a
+# test can see a state that lasts only a moment ("catching up") without racing it.
+RECORD_STATES = """
+window.__states = [];
+new MutationObserver((changes) => {
+  for (const change of changes) {
+    if (change.target.id === 'connection') window.__states.push(change.target.dataset.state);
+  }
+}).observe(document, {subtree: true, attributes: true, attributeFilter: ['data-state']});
+"""
+
 
 class ChatPage:
     def __init__(self, page: Page) -> None:
@@ -53,6 +64,11 @@ class ChatPage:
     def expect_chats(self, texts: list[str]) -> None:
         """Exactly these messages, in this order: each once."""
         expect(self.chats()).to_have_text(texts)
+
+    def states(self) -> list[str]:
+        """The connection states this page has shown, in order (RECORD_STATES)."""
+        states: list[str] = self.page.evaluate("window.__states")
+        return states
 
     def room_button(self, room: str) -> Locator:
         return self.page.get_by_role("navigation", name="Rooms").locator(

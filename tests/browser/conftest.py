@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -100,12 +100,14 @@ def new_context(browser: Any) -> Iterator[Any]:
 
 @pytest.fixture
 def restart() -> Iterator[Any]:
-    """`restart(server)`: stop a server and start another on its database and its port, where
-    the pages it served look for it again; the new one is stopped after the test."""
+    """`restart(server, while_down)`: stop a server, call `while_down()`, and start another on
+    its database and its port, where the pages it served look for it again; the new one is
+    stopped after the test."""
     started: list[ServerThread] = []
 
-    def again(server: ServerThread) -> ServerThread:
+    def again(server: ServerThread, while_down: Callable[[], None]) -> ServerThread:
         server.stop()
+        while_down()
         replacement = ServerThread(server.settings, server.database)
         replacement.server.config.port = server.port
         replacement.start()
