@@ -73,8 +73,9 @@ def browser(database_url: DatabaseUrl) -> Iterator[Any]:
     """One Chromium per test. Playwright's sync API keeps an event loop running on this thread
     while it lives, where asyncio.run (the database fixtures) cannot run: so it starts after the
     test's database and stops before it is dropped, and never outlives the test."""
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
 
+    expect.set_options(timeout=TIMEOUT_MS)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=LAUNCH_ARGS)
         yield browser
