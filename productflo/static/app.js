@@ -1,7 +1,7 @@
 // The ProductFlo web client: sign-in, rooms, messages, the assistant and the inbox, over the
 // native WebSocket protocol (docs/protocol.md). Plain modules, no build step.
 
-import {Connection, State} from './connection.js';
+import {Connection, RESEND, State} from './connection.js';
 import {RoomView} from './room.js';
 
 const ASKS = {'/haitch': 'haitch_chat', '/idea': 'idea', '/doc': 'documentation', '/eng': 'engineering'};
@@ -68,6 +68,7 @@ class Client {
     this.rooms = new Map();
     this.open = null;
     this.notifications = new Map(); // event_id -> {event_id, message, details, at}
+    this.reads = new Map(); // client_msg_id of a history request -> its room
     this.typingSentAt = 0;
     this.typingIdle = null;
     const url = identity.kind === 'token'
@@ -188,19 +189,26 @@ class Client {
     this.renderRooms();
   }
 
+  // An error envelope: beside the line it answers, else as a notice in the room it is about.
   refused(message) {
-    const outgoing = this.connection.outbox.get(message.client_msg_id);
-    for (const room of this.rooms.values()) if (room.refused(message)) return;
-    if (!outgoing && this.open) {
-      // An error no line of ours answers (a history read, say): say so in the open room.
-      const room = this.room(this.open);
-      const line = room.line('membership problem', '', message.timestamp);
-      line.querySelector('.text').textContent = message.data.message;
-      room.place(line, 1e16);
+    const id = message.client_msg_id;
+    const code = (message.data.details || {}).error_code;
+    const outgoing = id ? this.connection.outbox.get(id) : undefined;
+    const read = id ? this.reads.get(id) : undefined;
+    if (read) {
+      this.reads.delete(id);
+      read.loading = false;
+      read.setMore('');
     }
+    if (outgoing && RESEND.has(code)) return; // not stored: the connection sends it again
+    const roomId = (outgoing && outgoing.room_id) || (read && read.id) || this.open;
+    if (!roomId) return;
+    const room = this.room(roomId);
+    if (!room.refused(message)) room.notice(message.data.message);
   }
 
   historyPage(message) {
+    this.reads.delete(message.client_msg_id);
     const room = this.room(message.room_id);
     room.page(message.data);
     this.renderRooms();
@@ -231,7 +239,7 @@ class Client {
     room.loaded = true;
     room.loading = true;
     room.setMore('Loading messages…');
-    this.connection.request({code: 'history', room_id: room.id, data: {limit: PAGE}});
+    this.read(room, {limit: PAGE});
   }
 
   loadOlder(room) {
@@ -239,8 +247,11 @@ class Client {
     if (room.loading || !room.hasMore || room.cursor === null) return;
     room.loading = true;
     room.setMore('Loading older messages…');
-    const data = {before: room.cursor, limit: PAGE};
-    this.connection.request({code: 'history', room_id: room.id, data});
+    this.read(room, {before: room.cursor, limit: PAGE});
+  }
+
+  read(room, data) {
+    this.reads.set(this.connection.request({code: 'history', room_id: room.id, data}), room);
   }
 
   join(id) {

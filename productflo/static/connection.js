@@ -8,7 +8,7 @@ const RETRY_MS = 1000; // after FAILED_TO_PROCESS_MESSAGE or RATE_LIMITED: not s
 // Closes that a reconnect cannot mend: a bad token (4401), a foreign origin (4403), abuse or an
 // invalid user id (1008), a frame too large (1009). Anything else is a drop: come back.
 const FATAL = new Set([1008, 1009, 4401, 4403]);
-const RESEND = new Set(['FAILED_TO_PROCESS_MESSAGE', 'RATE_LIMITED']);
+export const RESEND = new Set(['FAILED_TO_PROCESS_MESSAGE', 'RATE_LIMITED']);
 
 export const State = Object.freeze({
   CONNECTING: 'connecting',
@@ -107,8 +107,8 @@ export class Connection {
         if (!this.live && firstReplayed === null) firstReplayed = message.event_id;
         this.lastEventId = Math.max(this.lastEventId ?? 0, message.event_id);
       }
+      this.handlers.onEvent(message); // first: it may look up what the message answers
       this.settle(message);
-      this.handlers.onEvent(message);
       this.save();
     };
     socket.onclose = (event) => {
@@ -130,8 +130,8 @@ export class Connection {
     this.attempt = 0;
     this.userId = details.user_id;
     this.logId = details.log_id;
+    for (const request of this.requests.values()) this.transmit(request); // lost with the drop
     this.handlers.onWelcome(details);
-    for (const request of this.requests.values()) this.transmit(request);
     if (resumedFrom === null) {
       // Everything after the welcome's position reaches this connection: start from there.
       this.lastEventId = details.last_event_id;

@@ -14,6 +14,7 @@ const ANSWER_CODES = new Set([
   'chat_response', 'idea_response', 'documentation_response', 'engineering_response',
 ]);
 const UNSENT = 1e15; // after every event_id: unsent messages follow the log, in the order typed
+const NOTICE = 2e15; // after the unsent lines
 const MENTION = /(^|[^\w@])(@[A-Za-z0-9_][A-Za-z0-9_.:+|=~-]*)/g;
 
 function time(timestamp) {
@@ -69,6 +70,7 @@ export class RoomView {
 
   clear() {
     for (const line of [...this.list.children]) if (line !== this.more) line.remove();
+    this.noticeLine = null;
     this.byEvent.clear();
     this.byClient.clear();
     this.answers.clear();
@@ -223,6 +225,17 @@ export class RoomView {
     line.querySelector('.state')?.replaceChildren('not sent');
     this.note(line, 'problem', message.data.message);
     return true;
+  }
+
+  // A refusal no line of this room answers (a join, a history read): one notice, the latest.
+  notice(text) {
+    if (!this.noticeLine) {
+      this.noticeLine = this.line('membership notice', '', null);
+      this.noticeLine.querySelector('.sender').remove();
+      this.noticeLine.setAttribute('role', 'alert');
+    }
+    this.noticeLine.querySelector('.text').textContent = text;
+    this.place(this.noticeLine, NOTICE);
   }
 
   answer(requestId) {

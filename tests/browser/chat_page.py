@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
+import uuid
+from collections.abc import Coroutine
 from typing import Any
 
 from playwright.sync_api import Locator, Page, expect
 
+from tests.client import Client
 from tests.conftest import ServerThread
 
 # Installed before the page's own scripts: every state the connection indicator goes through, so a
@@ -74,3 +79,33 @@ class ChatPage:
         return self.page.get_by_role("navigation", name="Rooms").locator(
             f'button[data-room="{room}"]'
         )
+
+
+def run_async(coroutine: Coroutine[Any, Any, None]) -> None:
+    """Run `coroutine` to its end on a thread of its own: Playwright's loop owns this one."""
+    failure: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            asyncio.run(coroutine)
+        except BaseException as error:
+            failure.append(error)
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    thread.join()
+    if failure:
+        raise failure[0]
+
+
+async def seed(server: ServerThread, room: str, texts: list[str]) -> None:
+    """`texts` said in `room` by dave, each acknowledged before the next."""
+    client = await Client.open(f"{server.ws}/ws?user_id=dave")
+    batch = uuid.uuid4().hex
+    try:
+        for n, text in enumerate(texts):
+            chat = {"code": "chat", "room_id": room, "client_msg_id": f"{batch}-{n}"}
+            await client.send({**chat, "data": {"message": text}})
+            await client.recv_until(lambda m, n=n: m.get("client_msg_id") == f"{batch}-{n}")
+    finally:
+        await client.close()

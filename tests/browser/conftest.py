@@ -84,19 +84,23 @@ def browser(database_url: DatabaseUrl) -> Iterator[Any]:
 
 @pytest.fixture
 def new_context(browser: Any) -> Iterator[Any]:
-    """`new_context(**options)`: a fresh browser profile (its own localStorage), closed after."""
+    """`new_context(**options)`: a fresh browser profile (its own localStorage), closed after.
+    An uncaught error in any of its pages fails the test."""
     contexts: list[Any] = []
+    errors: list[str] = []
 
     def make(**options: Any) -> Any:
         options.setdefault("viewport", {"width": 1100, "height": 760})
         context = browser.new_context(**options)
         context.set_default_timeout(TIMEOUT_MS)
+        context.on("page", lambda page: page.on("pageerror", lambda e: errors.append(str(e))))
         contexts.append(context)
         return context
 
     yield make
     for context in contexts:
         context.close()
+    assert not errors, f"the page threw: {errors}"
 
 
 @pytest.fixture

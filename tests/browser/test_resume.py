@@ -8,7 +8,7 @@ from typing import Any
 
 from playwright.sync_api import expect
 
-from tests.browser.chat_page import RECORD_STATES, ChatPage
+from tests.browser.chat_page import RECORD_STATES, ChatPage, run_async, seed
 from tests.conftest import ServerThread
 
 
@@ -107,3 +107,50 @@ def test_a_server_restart_mid_conversation_loses_nothing(
     expected = ["before the restart", "me too", "while the server was away", "after the restart"]
     for chat in (alice, bob):
         _sent(chat, expected)
+
+
+def test_a_long_absence_is_paged_back_from_history_after_a_truncated_replay(
+    start_server: Any, new_context: Any
+) -> None:
+    """More was missed than the server replays and than one history page holds: the page asks
+    for older pages until it meets what it had, without being scrolled."""
+    server = start_server(rate_limit=1000, replay_limit=5)
+    room = _room()
+    bobs = new_context()
+    bobs.add_init_script(RECORD_STATES)
+    run_async(seed(server, room, ["before"]))
+    bob = ChatPage.open(bobs, server, "bob", room)
+    bob.expect_chats(["before"])
+    bob.page.close()
+
+    missed = [f"missed {n}" for n in range(70)]
+    run_async(seed(server, room, missed))
+    again = ChatPage(bobs.new_page())
+    again.goto(server)
+    again.expect_live()
+    again.expect_chats(["before", *missed])
+    assert "catching-up" in again.states()
+
+
+def test_a_position_in_another_log_starts_over_from_history(
+    server: ServerThread, new_context: Any
+) -> None:
+    room = _room()
+    alices = new_context()
+    alice = ChatPage.open(alices, server, "alice", room)
+    alice.send("kept")
+    _sent(alice, ["kept"])
+    key = "productflo:guest:alice"
+    real = alice.page.evaluate(f"JSON.parse(localStorage.getItem('{key}')).logId")
+    alice.page.evaluate(
+        f"""() => {{
+            const kept = JSON.parse(localStorage.getItem('{key}'));
+            localStorage.setItem('{key}', JSON.stringify({{...kept, logId: '{uuid.uuid4()}'}}));
+        }}"""
+    )
+    alice.page.reload()
+    alice.expect_live()
+    _sent(alice, ["kept"])
+    alice.send("after the reset")
+    _sent(alice, ["kept", "after the reset"])
+    assert alice.page.evaluate(f"JSON.parse(localStorage.getItem('{key}')).logId") == real

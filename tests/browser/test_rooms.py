@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-import threading
 import uuid
-from collections.abc import Coroutine
 from typing import Any
 
 from playwright.sync_api import expect
 
 from productflo.auth import mint
-from tests.browser.chat_page import ChatPage
-from tests.client import Client
+from tests.browser.chat_page import ChatPage, run_async, seed
 from tests.conftest import ServerThread
 
 SEEDED = 130  # history pages are 50: the newest page, then two more on scrolling up
@@ -22,42 +18,13 @@ def _room() -> str:
     return f"room-{uuid.uuid4().hex[:8]}"
 
 
-def _run(coroutine: Coroutine[Any, Any, None]) -> None:
-    """Run `coroutine` to its end on a thread of its own: Playwright's loop owns this one."""
-    failure: list[BaseException] = []
-
-    def target() -> None:
-        try:
-            asyncio.run(coroutine)
-        except BaseException as error:
-            failure.append(error)
-
-    thread = threading.Thread(target=target)
-    thread.start()
-    thread.join()
-    if failure:
-        raise failure[0]
-
-
-async def _seed(server: ServerThread, room: str, texts: list[str]) -> None:
-    """`texts` said in `room` by dave, each acknowledged before the next."""
-    client = await Client.open(f"{server.ws}/ws?user_id=dave")
-    try:
-        for n, text in enumerate(texts):
-            chat = {"code": "chat", "room_id": room, "client_msg_id": f"seed-{n}"}
-            await client.send({**chat, "data": {"message": text}})
-            await client.recv_until(lambda m, n=n: m.get("client_msg_id") == f"seed-{n}")
-    finally:
-        await client.close()
-
-
 def test_scrolling_up_pages_back_through_history_showing_each_message_once(
     start_server: Any, new_context: Any, screenshot: Any
 ) -> None:
     server = start_server(rate_limit=1000)  # the seeding is faster than a person
     room = _room()
     texts = [f"message {n}" for n in range(SEEDED)]
-    _run(_seed(server, room, texts))
+    run_async(seed(server, room, texts))
     carol = ChatPage.open(new_context(), server, "carol", room)
     expect(carol.chats()).to_have_count(50)
     expect(carol.chats().last).to_have_text(texts[-1])
@@ -127,3 +94,31 @@ def test_a_mention_reaches_the_inbox_of_a_user_signed_in_with_a_token(
     expect(bob.page.locator("#room-title")).to_have_text(room)
     bob.expect_chats(["@bob can you review the enclosure?"])
     expect(bob.log.locator(".mention")).to_have_text(["@bob"])
+
+
+def test_a_refused_message_shows_its_error_beside_it(
+    server: ServerThread, new_context: Any, screenshot: Any
+) -> None:
+    """A room first used by a signed-in user is closed to guests: the guest's message is
+    marked not sent, with the server's reason next to it."""
+    room = _room()
+    bob = ChatPage(new_context().new_page())
+    bob.goto(server)
+    bob.page.get_by_label("Access token").fill(mint(server.settings, "bob"))
+    bob.page.get_by_role("button", name="Sign in with token").click()
+    bob.page.get_by_label("Room to join").fill(room)
+    bob.page.get_by_role("button", name="Join", exact=True).click()
+    expect(bob.log.locator(".msg.membership .text")).to_have_text(["bob joined the room"])
+
+    alice = ChatPage.open(new_context(), server, "alice", room)
+    alice.expect_live()
+    alice.send("let me in")
+    refused = alice.log.locator(".msg.failed")
+    expect(refused.locator(".text")).to_have_text(["let me in"])
+    expect(refused.get_by_role("alert")).not_to_be_empty()
+    expect(refused.locator(".state")).to_have_text(["not sent"])
+    expect(alice.log.locator(".msg.notice")).to_have_count(1)  # the refused join, said once
+    screenshot(alice.page, "refused")
+
+    bob.send("only signed-in people here")
+    bob.expect_chats(["only signed-in people here"])
