@@ -225,6 +225,7 @@ class Client {
     room.unread = 0;
     this.store.update({openRoom: id});
     $('room-title').textContent = id;
+    $('no-room').hidden = true;
     $('leave').hidden = false;
     $('composer-text').disabled = false;
     $('composer-send').disabled = false;
@@ -481,7 +482,14 @@ function signOut() {
   localStorage.removeItem(IDENTITY_KEY);
   if (client) client.stop();
   client = null;
-  $('logs').replaceChildren();
+  $('logs').replaceChildren($('no-room'));
+  $('no-room').hidden = false;
+  $('room-title').textContent = 'No room open';
+  $('leave').hidden = true;
+  $('typing').textContent = '';
+  $('composer-text').disabled = true;
+  $('composer-send').disabled = true;
+  showInbox(false);
   $('room-list').replaceChildren();
   showSignIn('');
 }

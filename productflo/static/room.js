@@ -142,7 +142,7 @@ export class RoomView {
     if (this.byClient.has(message.client_msg_id)) return;
     const ask = ASK_LABELS[message.code];
     const line = this.line(`pending ${ask ? 'request' : 'chat'}`, this.me, null);
-    if (ask) line.dataset.ask = ask;
+    if (ask) line.querySelector('.text').dataset.ask = ask;
     plainText(line.querySelector('.text'), message.data.message);
     const state = document.createElement('span');
     state.className = 'state';
@@ -177,7 +177,7 @@ export class RoomView {
       line.querySelector('.sender').remove();
     } else if (message.status === 'pending' && ASK_LABELS[message.code]) {
       const line = this.stored(message, 'request', message.data.message);
-      line.dataset.ask = ASK_LABELS[message.code];
+      line.querySelector('.text').dataset.ask = ASK_LABELS[message.code];
       const answered = this.answers.get(id);
       if (origin === 'live' && message.user_id === this.me && !(answered && answered.done)) {
         this.note(line, 'progress', 'haitch is working on it…');

@@ -46,7 +46,9 @@ def _missing() -> str | None:
 
 
 MISSING = _missing()
-_skipped: list[str] = []
+SKIP_REASON = f"browser test not run: {MISSING}"
+if MISSING is not None and importlib.util.find_spec("playwright") is None:
+    collect_ignore_glob = ["test_*.py"]  # they import it: said in the summary below
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -55,17 +57,24 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     here = Path(__file__).resolve().parent
     for item in items:
         if here in Path(str(item.path)).resolve().parents:
-            item.add_marker(pytest.mark.skip(reason=f"browser test not run: {MISSING}"))
-            _skipped.append(item.nodeid)
+            item.add_marker(pytest.mark.skip(reason=SKIP_REASON))
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
-    if not _skipped:
+    if MISSING is None:
         return
+    skipped = [
+        report.nodeid
+        for report in terminalreporter.stats.get("skipped", [])
+        if SKIP_REASON in str(report.longrepr)
+    ]
     terminalreporter.write_sep("=", "browser tests not run", yellow=True)
-    terminalreporter.write_line(f"{len(_skipped)} browser tests were skipped: {MISSING}")
-    for nodeid in _skipped:
-        terminalreporter.write_line(f"  {nodeid}")
+    if skipped:
+        terminalreporter.write_line(f"{len(skipped)} browser tests were skipped: {MISSING}")
+        for nodeid in skipped:
+            terminalreporter.write_line(f"  {nodeid}")
+    else:
+        terminalreporter.write_line(f"tests/browser was not run: {MISSING}")
 
 
 @pytest.fixture

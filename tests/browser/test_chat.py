@@ -51,3 +51,24 @@ def test_two_users_chat_see_each_other_typing_and_the_page_fits_a_phone(
     assert bob.page.request.get(server.http + "/favicon.ico").ok
     screenshot(alice.page, "desktop")
     screenshot(bob.page, "phone")
+
+
+def test_a_guest_signs_in_by_name_and_out_again(server: ServerThread, new_context: Any) -> None:
+    room = _room()
+    chat = ChatPage(new_context().new_page())
+    chat.goto(server)
+    chat.page.get_by_label("Your name").fill("erin")
+    chat.page.get_by_label("Your name").press("Enter")
+    expect(chat.page.locator("#identity")).to_have_text("erin (guest)")
+    chat.expect_live()
+    chat.page.get_by_label("Room to join").fill(room)
+    chat.page.get_by_label("Room to join").press("Enter")
+    expect(chat.box).to_be_focused()
+    chat.send("hello from erin")
+    chat.expect_chats(["hello from erin"])
+
+    chat.page.get_by_role("button", name="Sign out").click()
+    expect(chat.page.get_by_label("Your name")).to_be_focused()
+    expect(chat.page.get_by_role("log")).to_have_count(0)
+    chat.page.reload()
+    expect(chat.page.get_by_label("Your name")).to_be_visible()
