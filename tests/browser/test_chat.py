@@ -34,12 +34,18 @@ def test_two_users_chat_see_each_other_typing_and_the_page_fits_a_phone(
     expect(bob.log.locator(".msg.chat.own")).to_have_count(0)
     expect(bob.log.locator(".msg.chat time")).to_have_count(1)
 
+    typing = alice.page.locator("#typing")
     bob.box.fill("Yes, ")
-    expect(alice.page.locator("#typing")).to_have_text("bob is typing…")
+    expect(typing).to_have_text("bob is typing…")
+    expect(typing).to_have_text("")  # bob paused: his page said he stopped
+    bob.box.press("End")
+    bob.box.type("l")
+    expect(typing).to_have_text("bob is typing…")
+    bob.box.press("Backspace")
     bob.box.press("End")
     bob.box.type("looks good to me")
     bob.box.press("Enter")
-    expect(alice.page.locator("#typing")).to_have_text("")
+    expect(typing).to_have_text("")
     for page in (alice, bob):
         page.expect_chats(["Has anyone reviewed the latest design?", "Yes, looks good to me"])
         expect(page.senders()).to_have_text(["alice", "bob"])

@@ -154,3 +154,26 @@ def test_a_position_in_another_log_starts_over_from_history(
     alice.send("after the reset")
     _sent(alice, ["kept", "after the reset"])
     assert alice.page.evaluate(f"JSON.parse(localStorage.getItem('{key}')).logId") == real
+
+
+def test_a_message_typed_offline_survives_closing_the_tab(
+    server: ServerThread, new_context: Any
+) -> None:
+    """The outbox is kept with the position: a tab closed before it could send still sends."""
+    room = _room()
+    alices = new_context()
+    alice = ChatPage.open(alices, server, "alice", room)
+    bob = ChatPage.open(new_context(), server, "bob", room)
+    alice.expect_live()
+    bob.expect_live()
+    alices.set_offline(True)
+    expect(alice.connection).to_have_attribute("data-state", "offline")
+    alice.send("written on the train")
+    expect(alice.log.locator(".msg.pending .text")).to_have_text(["written on the train"])
+    alice.page.close()
+
+    alices.set_offline(False)
+    again = ChatPage(alices.new_page())
+    again.goto(server)
+    for chat in (again, bob):
+        _sent(chat, ["written on the train"])
