@@ -266,6 +266,7 @@ class Client {
 
   renderRooms() {
     const list = $('room-list');
+    const focused = list.contains(document.activeElement) ? document.activeElement.dataset.room : null;
     const items = [...this.rooms.values()].sort((a, b) => a.id.localeCompare(b.id));
     list.replaceChildren(...items.map((room) => {
       const item = document.createElement('li');
@@ -291,6 +292,8 @@ class Client {
       item.append(button);
       return item;
     }));
+    // Rebuilt on every event: a keyboard user's place in the list is kept.
+    if (focused) list.querySelector(`button[data-room="${CSS.escape(focused)}"]`)?.focus();
     $('leave').textContent = this.open && this.room(this.open).member ? 'Leave' : 'Join';
   }
 
