@@ -26,7 +26,7 @@ def _room() -> str:
 def test_a_streamed_answer_renders_once_as_safe_markdown(
     start_server: Any, fake_openai: FakeOpenAI, new_context: Any, screenshot: Any
 ) -> None:
-    fake_openai.answer(PIECES, delay=0.4)
+    fake_openai.answer(PIECES, delay=0.6)
     server = start_server(
         ai_provider="openai",
         ai_base_url=fake_openai.url,
