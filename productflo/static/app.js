@@ -160,7 +160,9 @@ class Client {
       1008: 'The server refused this connection (an invalid name, or too many messages).',
       1009: 'A message was too large for the server.',
     }[code] || `The connection was closed (${code}).`;
-    $('connection').textContent = `Disconnected: ${why}`;
+    // A refused token needs a new one: back to the sign-in, where the outbox waits for it.
+    if (code === 4401) signOut(why);
+    else $('connection').textContent = `Disconnected: ${why}`;
   }
 
   received(message) {
@@ -481,7 +483,7 @@ function signIn(identity, room) {
   if (client.open) $('composer-text').focus();
 }
 
-function signOut() {
+function signOut(error = '') {
   localStorage.removeItem(IDENTITY_KEY);
   if (client) client.stop();
   client = null;
@@ -494,7 +496,7 @@ function signOut() {
   $('composer-send').disabled = true;
   showInbox(false);
   $('room-list').replaceChildren();
-  showSignIn('');
+  showSignIn(error);
 }
 
 function showSignIn(error) {
@@ -527,7 +529,7 @@ function wire() {
     }
     signIn({kind: 'token', token, user});
   });
-  $('sign-out').addEventListener('click', signOut);
+  $('sign-out').addEventListener('click', () => signOut());
   $('join-form').addEventListener('submit', (event) => {
     event.preventDefault();
     const room = $('join-room').value.trim();

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from typing import Any
 
+import jwt
 from playwright.sync_api import expect
 
 from productflo.auth import mint
@@ -125,3 +127,17 @@ def test_a_refused_message_shows_its_error_beside_it(
 
     bob.send("only signed-in people here")
     bob.expect_chats(["only signed-in people here"])
+
+
+def test_a_token_the_server_refuses_returns_to_the_sign_in_saying_why(
+    server: ServerThread, new_context: Any
+) -> None:
+    forged = jwt.encode(
+        {"sub": "mallory", "exp": int(time.time()) + 600}, "not-the-server-secret-0123456789abcdef"
+    )
+    chat = ChatPage(new_context().new_page())
+    chat.goto(server)
+    chat.page.get_by_label("Access token").fill(forged)
+    chat.page.get_by_role("button", name="Sign in with token").click()
+    expect(chat.page.get_by_role("alert")).to_contain_text("did not accept your token")
+    expect(chat.page.get_by_label("Your name")).to_be_visible()
