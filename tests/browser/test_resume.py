@@ -22,6 +22,18 @@ def _sent(chat: ChatPage, texts: list[str]) -> None:
     expect(chat.log.locator(".msg.pending")).to_have_count(0)
 
 
+def _alice_and_bob(
+    server: ServerThread, new_context: Any, room: str
+) -> tuple[Any, ChatPage, ChatPage]:
+    """alice's browser profile, her page and bob's, both in `room` and live."""
+    alices = new_context()
+    alice = ChatPage.open(alices, server, "alice", room)
+    bob = ChatPage.open(new_context(), server, "bob", room)
+    alice.expect_live()
+    bob.expect_live()
+    return alices, alice, bob
+
+
 def test_a_reopened_tab_shows_what_was_missed_once_in_order(
     server: ServerThread, new_context: Any, screenshot: Any
 ) -> None:
@@ -55,12 +67,7 @@ def test_a_reopened_tab_shows_what_was_missed_once_in_order(
 def test_a_message_typed_offline_is_delivered_after_reconnect(
     server: ServerThread, new_context: Any, screenshot: Any
 ) -> None:
-    room = _room()
-    alices = new_context()
-    alice = ChatPage.open(alices, server, "alice", room)
-    bob = ChatPage.open(new_context(), server, "bob", room)
-    alice.expect_live()
-    bob.expect_live()
+    alices, alice, bob = _alice_and_bob(server, new_context, _room())
     alice.send("online first")
     bob.expect_chats(["online first"])
 
@@ -160,12 +167,7 @@ def test_a_message_typed_offline_survives_closing_the_tab(
     server: ServerThread, new_context: Any
 ) -> None:
     """The outbox is kept with the position: a tab closed before it could send still sends."""
-    room = _room()
-    alices = new_context()
-    alice = ChatPage.open(alices, server, "alice", room)
-    bob = ChatPage.open(new_context(), server, "bob", room)
-    alice.expect_live()
-    bob.expect_live()
+    alices, alice, bob = _alice_and_bob(server, new_context, _room())
     alices.set_offline(True)
     expect(alice.connection).to_have_attribute("data-state", "offline")
     alice.send("written on the train")
