@@ -27,13 +27,7 @@ def test_a_streamed_answer_renders_once_as_safe_markdown(
     start_server: Any, fake_openai: FakeOpenAI, new_context: Any, screenshot: Any
 ) -> None:
     fake_openai.answer(PIECES, delay=0.6)
-    server = start_server(
-        ai_provider="openai",
-        ai_base_url=fake_openai.url,
-        ai_model="test-model",
-        ai_api_key=SecretStr("sk-test-key"),  # model_copy does not validate
-        ai_timeout=10.0,
-    )
+    server = start_server(**_openai(fake_openai))
     room = _room()
     alice = ChatPage.open(new_context(), server, "alice", room)
     alice.expect_live()
@@ -57,6 +51,31 @@ def test_a_streamed_answer_renders_once_as_safe_markdown(
     bob = ChatPage.open(new_context(), server, "bob", room)
     bob.expect_chats(["thanks"])
     _rendered_once(bob)
+
+
+def _openai(fake: FakeOpenAI) -> dict[str, Any]:
+    return {
+        "ai_provider": "openai",
+        "ai_base_url": fake.url,
+        "ai_model": "test-model",
+        "ai_api_key": SecretStr("sk-test-key"),  # model_copy does not validate
+        "ai_timeout": 10.0,
+    }
+
+
+def test_a_provider_failure_is_shown_beside_the_request(
+    start_server: Any, fake_openai: FakeOpenAI, new_context: Any, screenshot: Any
+) -> None:
+    fake_openai.fail(500, times=10)
+    server = start_server(**_openai(fake_openai))
+    alice = ChatPage.open(new_context(), server, "alice", _room())
+    alice.expect_live()
+    alice.send("/eng How thick should the wall be?")
+    request = alice.log.locator(".msg.request")
+    expect(request.get_by_role("alert")).to_contain_text("haitch could not answer")
+    expect(request.locator(".progress")).to_have_count(0)
+    expect(alice.log.locator(".msg.answer")).to_have_count(0)
+    screenshot(alice.page, "provider-failed")
 
 
 def _rendered_once(chat: ChatPage) -> None:
