@@ -83,10 +83,13 @@ function awaitWelcome(client) {
   return hooks;
 }
 
-// `ws` on productflo's (or the naive server's) /ws, the user in the query.
+// `ws` on productflo's (or the naive server's) /ws, the user in the query. No compression
+// offered, as a Socket.IO client's default, unless BENCH_CLIENT_DEFLATE=1 (to measure
+// PRODUCTFLO_WS_COMPRESSION=1 with clients that take it, as browsers do).
+const DEFLATE = process.env.BENCH_CLIENT_DEFLATE === '1';
 function connectWs(user) {
   const socket = new WebSocket(`${config.url}?user_id=${encodeURIComponent(user)}`, {
-    perMessageDeflate: false,
+    perMessageDeflate: DEFLATE,
   });
   const client = newClient(user, {
     send: (envelope) => socket.send(JSON.stringify(envelope)),
