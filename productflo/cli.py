@@ -179,6 +179,7 @@ def _serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
 
     settings = Settings()
+    logging.config.dictConfig(logs.config(settings.log_format))
     database = resolve(settings)
     if not args.no_migrate:
         migrate.upgrade(database)
@@ -190,7 +191,7 @@ def _serve(args: argparse.Namespace) -> int:
         "timeout_graceful_shutdown": 10,
         "log_level": "info",
         # Applied by uvicorn here and again in every worker process it starts.
-        "log_config": logs.config(),
+        "log_config": logs.config(settings.log_format),
     }
     if args.workers > 1:
         # Workers are separate processes: they find the (possibly embedded) database by URL.

@@ -4,32 +4,86 @@ any line.
 `config()` is a `logging.config.dictConfig` dictionary. `productflo.cli.main` applies it, and
 `productflo serve` passes it to uvicorn as `log_config`, which applies it again in every worker
 process. uvicorn's access lines go to stdout and everything else to stderr, as uvicorn does by
-default, in one format: `%(asctime)s %(levelname)s %(name)s: %(message)s`.
+default, in one format: `text` (`%(asctime)s %(levelname)s %(name)s: %(message)s`) or, with
+PRODUCTFLO_LOG_FORMAT=json, `json`: one object per line, `time` (UTC), `level`, `logger`,
+`message`, the `connection_id`, `user_id` and `room_id` where known (`bind`), `exception`.
 
 Every handler carries `RedactSecrets`. It sits on the handlers, not on loggers, because a
 handler's filters see every record that propagates to it (uvicorn.error's "WebSocket
 /ws/secure?access_token=..." lines, websockets', asyncpg's), while a logger's filters see only the
 records logged on that very logger.
 
-A format is a named entry of `FORMATTERS`; another one (JSON, say) is another entry there and a
-value of `LogFormat`.
+A format is a named entry of `FORMATTERS` and a value of `LogFormat`.
+
+`bind` names the connection (and user, and room) a task works for, in a context variable: every
+task it starts after inherits it, so that what a session's reader, writer and replay log is
+told apart in JSON lines by its connection.
 """
 
 from __future__ import annotations
 
+import contextvars
+import json
 import logging
 import re
+from datetime import UTC, datetime
 from typing import Any, Literal
 from urllib.parse import unquote
 
-__all__ = ["REDACTED", "SECRET_PARAMETERS", "LogFormat", "RedactSecrets", "config", "redact"]
+__all__ = [
+    "REDACTED",
+    "SECRET_PARAMETERS",
+    "JsonFormatter",
+    "LogFormat",
+    "RedactSecrets",
+    "bind",
+    "config",
+    "redact",
+]
 
 REDACTED = "[redacted]"
 SECRET_PARAMETERS = frozenset({"access_token", "token", "api_key", "key", "password", "secret"})
 
-LogFormat = Literal["text"]
+LogFormat = Literal["text", "json"]
+
+# What the current task works for (connection_id, user_id, room_id), for JSON lines.
+_BOUND: contextvars.ContextVar[dict[str, str]] = contextvars.ContextVar("productflo_log_bound")
+_BOUND_FIELDS = ("connection_id", "user_id", "room_id")
+
+
+def bind(**fields: str | None) -> None:
+    """Name what this task (and every task it starts from now on) works for in its log lines."""
+    current = {**_BOUND.get({}), **{k: v for k, v in fields.items() if v is not None}}
+    _BOUND.set(current)
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line (the message and traceback as RedactSecrets left them)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat().replace("+00:00", "Z"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        bound = _BOUND.get({})
+        for field in _BOUND_FIELDS:
+            value = getattr(record, field, None) or bound.get(field)
+            if value is not None:
+                line[field] = str(value)
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            line["exception"] = record.exc_text
+        if record.stack_info:
+            line["stack"] = record.stack_info
+        return json.dumps(line, ensure_ascii=False)
+
+
 FORMATTERS: dict[str, dict[str, Any]] = {
     "text": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"},
+    "json": {"()": JsonFormatter},
 }
 
 # A parameter `name=value`: in a query string, where an access line ends it with a space or a

@@ -40,7 +40,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from productflo import history, metrics, replay
+from productflo import history, logs, metrics, replay
 from productflo.access import Access, Action, event_room
 from productflo.auth import Claims
 from productflo.envelopes import (
@@ -181,6 +181,7 @@ class Session:
     ) -> None:
         self.id = uuid.uuid4().hex
         self.identity = identity
+        logs.bind(connection_id=self.id, user_id=identity.user_id)  # its tasks' log lines
         self.state = State.OPEN
         self._hub = hub
         self._store = store

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import platformdirs
 from pydantic import Field, SecretStr, field_validator
@@ -22,6 +22,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PRODUCTFLO_", extra="ignore")
 
     database_url: SecretStr | None = None
+    log_format: Literal["text", "json"] = "text"
     data_dir: Path = Field(default_factory=lambda: Path(platformdirs.user_data_dir("productflo")))
     jwt_secret: SecretStr | None = None
     jwt_public_key: SecretStr | None = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import logging
 import re
 from collections.abc import Iterator
@@ -16,7 +17,7 @@ import pytest
 
 from productflo.auth import mint
 from productflo.database import DatabaseUrl
-from productflo.logs import RedactSecrets, config, redact
+from productflo.logs import JsonFormatter, RedactSecrets, bind, config, redact
 from productflo.settings import Settings
 from tests.client import Client
 from tests.test_processes import _environment, _ready, launch  # noqa: F401
@@ -189,3 +190,75 @@ async def test_serve_logs_requests_without_their_tokens(
     assert ACCESS.search(output), output
     signature = token.rsplit(".", 1)[1]
     assert signature not in output, output
+
+
+@pytest.mark.anyio
+async def test_json_lines_carry_the_connection_a_task_works_for_and_no_secret() -> None:
+    """PRODUCTFLO_LOG_FORMAT=json: one object a line, redacted as the text lines are, with the
+    connection and user `bind` named for the task that logged, and for the tasks it started."""
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(JsonFormatter())
+    handler.addFilter(RedactSecrets())
+    logger = logging.getLogger("json-lines")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+    async def session() -> None:
+        bind(connection_id="c1", user_id="alice")
+        logger.info("opened with access_token=%s", SECRET)
+        await asyncio.create_task(_log_later(logger))
+
+    try:
+        await asyncio.create_task(session())
+        logger.info("outside any session")
+    finally:
+        logger.removeHandler(handler)
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [line["message"] for line in lines] == [
+        "opened with access_token=[redacted]",
+        "from a task the session started",
+        "outside any session",
+    ]
+    assert [(line.get("connection_id"), line.get("user_id")) for line in lines] == [
+        ("c1", "alice"),
+        ("c1", "alice"),
+        (None, None),
+    ]
+    assert all(line["level"] == "INFO" and line["logger"] == "json-lines" for line in lines)
+    assert all(line["time"].endswith("Z") for line in lines)
+
+
+async def _log_later(logger: logging.Logger) -> None:
+    logger.info("from a task the session started")
+
+
+@pytest.mark.anyio
+async def test_serve_with_json_logs_prints_only_json_lines(
+    launch: Any,  # noqa: F811
+    database_url: DatabaseUrl,
+    tmp_path: Path,
+) -> None:
+    """Every line `productflo serve` prints, uvicorn's access lines included, is one JSON
+    object; a secure connection's token is redacted in them."""
+    env = {**_environment(database_url, tmp_path), "PRODUCTFLO_LOG_FORMAT": "json"}
+    server = launch(env, "--no-migrate")
+    await _ready(server)
+    settings = Settings(data_dir=tmp_path / "data", jwt_secret=env["PRODUCTFLO_JWT_SECRET"])
+    token = mint(settings, "json-user")
+    client = await Client.open(f"{server.ws}/ws/secure?access_token={token}")
+    await client.close()
+    async with httpx.AsyncClient(base_url=server.url) as http:
+        response = await http.get(
+            f"/rooms/r/messages?access_token={token}",
+            headers={"Authorization": f"Bearer {token}"},
+        )
+    assert response.status_code == 200
+    assert await asyncio.to_thread(server.stop)
+
+    output = server.output_so_far()
+    lines = [json.loads(line) for line in output.splitlines() if line.strip()]
+    assert any(line["logger"] == "uvicorn.access" for line in lines), output
+    assert any("access_token=[redacted]" in line["message"] for line in lines), output
+    assert token.rsplit(".", 1)[1] not in output, output
