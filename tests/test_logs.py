@@ -158,6 +158,27 @@ ACCESS = re.compile(
 
 
 @pytest.mark.slow
+async def _connect_and_request_with_a_token(
+    server: Any, env: dict[str, str], tmp_path: Path, user: str
+) -> str:
+    """Once the server is ready: a secure connection and an HTTP request, each with a token in
+    its query (and the request in its Authorization header); then the server stopped. The token."""
+    await _ready(server)
+    settings = Settings(data_dir=tmp_path / "data", jwt_secret=env["PRODUCTFLO_JWT_SECRET"])
+    token = mint(settings, user)
+    client = await Client.open(f"{server.ws}/ws/secure?access_token={token}")
+    assert client.user_id == user
+    await client.close()
+    async with httpx.AsyncClient(base_url=server.url) as http:
+        response = await http.get(
+            f"/rooms/r/messages?access_token={token}",
+            headers={"Authorization": f"Bearer {token}"},
+        )
+    assert response.status_code == 200
+    assert await asyncio.to_thread(server.stop)
+    return token
+
+
 @pytest.mark.anyio
 @pytest.mark.parametrize("workers", [1, 2])
 async def test_serve_logs_requests_without_their_tokens(
@@ -170,20 +191,7 @@ async def test_serve_logs_requests_without_their_tokens(
     they are printed by worker processes, which configure logging for themselves."""
     env = _environment(database_url, tmp_path)
     server = launch(env, "--no-migrate", "--workers", str(workers))
-    await _ready(server)
-    settings = Settings(data_dir=tmp_path / "data", jwt_secret=env["PRODUCTFLO_JWT_SECRET"])
-    token = mint(settings, "log-user")
-
-    client = await Client.open(f"{server.ws}/ws/secure?access_token={token}")
-    assert client.user_id == "log-user"
-    await client.close()
-    async with httpx.AsyncClient(base_url=server.url) as http:
-        response = await http.get(
-            f"/rooms/r/messages?access_token={token}",
-            headers={"Authorization": f"Bearer {token}"},
-        )
-    assert response.status_code == 200
-    assert await asyncio.to_thread(server.stop)
+    token = await _connect_and_request_with_a_token(server, env, tmp_path, "log-user")
 
     output = server.output_so_far()
     assert ACCEPTED.search(output), output
@@ -244,18 +252,7 @@ async def test_serve_with_json_logs_prints_only_json_lines(
     object; a secure connection's token is redacted in them."""
     env = {**_environment(database_url, tmp_path), "PRODUCTFLO_LOG_FORMAT": "json"}
     server = launch(env, "--no-migrate")
-    await _ready(server)
-    settings = Settings(data_dir=tmp_path / "data", jwt_secret=env["PRODUCTFLO_JWT_SECRET"])
-    token = mint(settings, "json-user")
-    client = await Client.open(f"{server.ws}/ws/secure?access_token={token}")
-    await client.close()
-    async with httpx.AsyncClient(base_url=server.url) as http:
-        response = await http.get(
-            f"/rooms/r/messages?access_token={token}",
-            headers={"Authorization": f"Bearer {token}"},
-        )
-    assert response.status_code == 200
-    assert await asyncio.to_thread(server.stop)
+    token = await _connect_and_request_with_a_token(server, env, tmp_path, "json-user")
 
     output = server.output_so_far()
     lines = [json.loads(line) for line in output.splitlines() if line.strip()]
