@@ -57,6 +57,10 @@ log = logging.getLogger(__name__)
 # still applied within the interval, and a consumer that is behind reads on without pausing.
 FOLD_SECONDS = 0.05
 
+# How long a stopping runner lets the batch in hand finish (and commit with its checkpoint)
+# before it is cancelled, which rolls the batch back instead.
+STOP_GRACE_SECONDS = 5.0
+
 
 class Consumer(Protocol):
     """What a Runner runs."""
@@ -152,19 +156,32 @@ class Runner:
         self._poll_interval = poll_interval
         self._task: asyncio.Task[None] | None = None
         self.position = 0
+        self._stopping = False
+        self._taking = False  # a batch is being handled: a stop lets it finish first
 
     async def start(self) -> None:
         await self.consumer.prepare(self.store)
         self._task = asyncio.create_task(self._run(), name=f"consumer-{self.consumer.name}")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        """Stop at a checkpoint: a batch in hand is finished and committed with its checkpoint
+        (for up to STOP_GRACE_SECONDS), and no further batch is started. A runner waiting for
+        the log, or one still busy after the grace, is cancelled: what it had not committed
+        stays behind the checkpoint, for whoever follows next."""
+        if self._task is None:
+            return
+        self._stopping = True
+        if self._taking:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(STOP_GRACE_SECONDS):
+                    await asyncio.shield(self._task)
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        log.info("%s stopped at position %d", self.consumer.name, self.position)
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             try:
                 if self.consumer.exclusive:
                     await self._lead()
@@ -183,9 +200,15 @@ class Runner:
             self.store, self.position, poll_interval=self._poll_interval, fold=FOLD_SECONDS
         )
         try:
-            while True:
+            while not self._stopping:
                 batch = await tailer.next_batch()
-                self.position = await self.consumer.take(self.store, batch)
+                if self._stopping:
+                    break  # read but not handled: it stays behind the checkpoint
+                self._taking = True
+                try:
+                    self.position = await self.consumer.take(self.store, batch)
+                finally:
+                    self._taking = False
                 tailer.position = self.position
         finally:
             tailer.close()

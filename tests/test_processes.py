@@ -302,6 +302,9 @@ def _worker_of(workers: list[psutil.Process], port: int, client: Client) -> int:
 async def test_sigterm_closes_clients_1012_and_keeps_what_was_acknowledged(
     launch: Any, database_url: DatabaseUrl, tmp_path: Path
 ) -> None:
+    """Graceful shutdown, as docs/operations.md tells it: no new connections, clients told 1012,
+    what was accepted committed, the projections stopped at a checkpoint that matches their
+    tables."""
     server = launch(_environment(database_url, tmp_path), "--no-migrate")
     await _ready(server)
     alice = await Client.open(server.ws + "/ws?user_id=alice")
@@ -323,11 +326,36 @@ async def test_sigterm_closes_clients_1012_and_keeps_what_was_acknowledged(
         await alice.close()
 
     assert code == 1012, "server restarting"
+    with pytest.raises(OSError):  # it stopped listening before it told its clients
+        await Client.open(server.ws + "/ws?user_id=late")
     graceful = await asyncio.to_thread(server.stop)
     assert graceful, server.output()
     stored = {row["client_msg_id"]: row["position"] for row in await _stored_chats(database_url)}
     for client_msg_id, event_id in acked.items():
         assert stored.get(client_msg_id) == event_id, client_msg_id
+    stopped_at = await _messages_projection_stopped_at(database_url)
+    assert f"messages stopped at position {stopped_at}" in server.output()
+
+
+async def _messages_projection_stopped_at(database: DatabaseUrl) -> int:
+    """The messages projection's checkpoint, once its table holds exactly the chats up to it."""
+    connection = await asyncpg.connect(database.dsn)
+    try:
+        position: int = await connection.fetchval(
+            "SELECT position FROM projection_checkpoints WHERE name = 'messages'"
+        )
+        missing, beyond = await connection.fetchrow(
+            """
+            SELECT count(*) FILTER (WHERE m.position IS NULL AND e.position <= $1),
+                   (SELECT count(*) FROM messages WHERE position > $1)
+            FROM events e LEFT JOIN messages m USING (position) WHERE e.type = 'chat'
+            """,
+            position,
+        )
+    finally:
+        await connection.close()
+    assert (missing, beyond) == (0, 0), "the checkpoint and the table agree"
+    return position
 
 
 async def test_after_kill_9_mid_burst_acknowledged_messages_survive_and_resends_are_not_doubled(

@@ -3,21 +3,24 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import contextlib
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import asyncpg
 import httpx
 import pytest
 
+from productflo import consumers
 from productflo.auth import mint
-from productflo.consumers import Runner
+from productflo.consumers import Runner, Transactional
 from productflo.database import DatabaseUrl
 from productflo.events.models import RecordedEvent
 from productflo.events.store import EventStore
 from productflo.projections import PROJECTIONS
 from productflo.projections.framework import Connection, rebuild, rebuild_all
 from productflo.projections.messages import Messages
+from tests.client import Client
 from tests.conftest import ServerThread
 
 pytestmark = pytest.mark.anyio
@@ -76,9 +79,11 @@ async def _conversation(connect: Any) -> None:
     await alice.chat("design", "last word @carol")
     await alice.recv_until(lambda m: m.get("data", {}).get("message") == "last word @carol")
     await bob.recv_until(
-        lambda m: m["code"] == "system"
-        and m["user_id"] == "bob"
-        and m["data"].get("details", {}).get("action") == "leave"
+        lambda m: (
+            m["code"] == "system"
+            and m["user_id"] == "bob"
+            and m["data"].get("details", {}).get("action") == "leave"
+        )
     )
 
 
@@ -269,3 +274,90 @@ def test_the_cli_shows_status_and_rebuilds_with_progress(
     assert "messages" in rebuilt.stderr  # the progress bar
     unknown = run("rebuild", "nope")
     assert unknown.returncode == 2 and "unknown projection nope" in unknown.stderr
+
+
+class HeldBatch(Transactional):
+    """A consumer of its own (no tables) whose first batch waits inside its transaction until
+    the test lets it go."""
+
+    name = "test:held"
+
+    def __init__(self) -> None:
+        self.inside = asyncio.Event()
+        self.release = asyncio.Event()
+        self.applied: list[int] = []
+        self.cancelled = False
+
+    async def apply(
+        self, connection: Connection, events: Sequence[RecordedEvent], suffix: str
+    ) -> None:
+        self.inside.set()
+        try:
+            await self.release.wait()
+        except asyncio.CancelledError:
+            self.cancelled = True
+            raise
+        self.applied.extend(event.position for event in events)
+
+
+@contextlib.asynccontextmanager
+async def _held_runner(server: ServerThread, consumer: HeldBatch) -> AsyncIterator[Runner]:
+    """A runner of `consumer`, started over a short conversation, once inside its first batch."""
+    await _conversation_of_three(server)
+    store = EventStore(server.database.dsn)
+    await store.start()
+    try:
+        runner = Runner(store, consumer, poll_interval=0.05)
+        await runner.start()
+        async with asyncio.timeout(30):
+            await consumer.inside.wait()
+        yield runner
+    finally:
+        await store.close()
+
+
+async def _conversation_of_three(server: ServerThread) -> None:
+    alice = await Client.open(server.ws + "/ws?user_id=alice")
+    try:
+        for n in range(3):
+            await alice.chat("design", f"note {n}")
+            await alice.recv_code("chat_response")
+    finally:
+        await alice.close()
+
+
+async def _checkpoint_of(server: ServerThread, name: str) -> int:
+    connection = await asyncpg.connect(server.database.dsn)
+    try:
+        position: int = await connection.fetchval(
+            "SELECT position FROM projection_checkpoints WHERE name = $1", name
+        )
+        return position
+    finally:
+        await connection.close()
+
+
+async def test_a_stopping_runner_commits_the_batch_in_hand_and_stops_at_its_checkpoint(
+    server: ServerThread,
+) -> None:
+    consumer = HeldBatch()
+    async with _held_runner(server, consumer) as runner:
+        stopping = asyncio.create_task(runner.stop())
+        await asyncio.sleep(0)  # the stop has begun: it waits for the batch, not cancels it
+        consumer.release.set()
+        await stopping
+        assert not consumer.cancelled
+        assert consumer.applied, "the batch in hand was finished"
+        assert runner.position == consumer.applied[-1]
+        assert await _checkpoint_of(server, consumer.name) == consumer.applied[-1]
+
+
+async def test_a_batch_that_outlasts_the_stop_grace_is_rolled_back(
+    server: ServerThread, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(consumers, "STOP_GRACE_SECONDS", 0.2)
+    consumer = HeldBatch()  # never released
+    async with _held_runner(server, consumer) as runner:
+        await runner.stop()
+        assert consumer.cancelled and not consumer.applied
+        assert await _checkpoint_of(server, consumer.name) == 0
