@@ -333,6 +333,9 @@ async def test_sigterm_closes_clients_1012_and_keeps_what_was_acknowledged(
     stored = {row["client_msg_id"]: row["position"] for row in await _stored_chats(database_url)}
     for client_msg_id, event_id in acked.items():
         assert stored.get(client_msg_id) == event_id, client_msg_id
+    # What the server took before it stopped reading, it committed and acknowledged before the
+    # 1012: nothing in the log that its sender was not told of.
+    assert sorted(stored) == sorted(acked)
     stopped_at = await _messages_projection_stopped_at(database_url)
     assert f"messages stopped at position {stopped_at}" in server.output()
 

@@ -134,6 +134,11 @@ async def serve_session(websocket: WebSocket, identity: Identity) -> None:
         return
     if refusal is not None:
         session.deliver(error_envelope(identity.user_id, refusal))
+    shutdown = websocket.scope.get("extensions", {}).get(wire.SHUTDOWN)
+    if shutdown is not None:  # the server stopping: acknowledge what was taken, then close 1012
+        shutdown["register"](
+            lambda: session.request_close(CloseCode.SERVICE_RESTART, "server restarting")
+        )
     try:
         while True:
             message = await websocket.receive()

@@ -25,7 +25,7 @@ client's queued packets one `send` at a time, one system call each before.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from uvicorn.protocols.utils import ClientDisconnected
@@ -34,6 +34,9 @@ from websockets.http11 import Request
 from websockets.protocol import State
 
 EXTENSION = "productflo.frames"
+# `{"register": callback}`: the callback is called, instead of the protocol closing the connection
+# itself with 1012, when the server shuts down (FrameProtocol.shutdown).
+SHUTDOWN = "productflo.shutdown"
 
 
 class _TurnWriter:
@@ -75,12 +78,29 @@ class FrameProtocol(WebSocketsSansIOProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         self.transport = _TurnWriter(self.transport)  # type: ignore[assignment]
+        self._on_shutdown: list[Callable[[], None]] = []
 
     def handle_connect(self, event: Request) -> None:
         super().handle_connect(event)
-        # Upgraded (a refused handshake is closed at once) and uncompressed: the app runs.
-        if not self.close_sent and not self.conn.extensions:
+        if self.close_sent:
+            return  # a refused handshake is closed at once
+        self.scope["extensions"][SHUTDOWN] = {"register": self._on_shutdown.append}
+        if not self.conn.extensions:  # uncompressed
             self.scope["extensions"][EXTENSION] = {"write": self.write_frames}
+
+    def shutdown(self) -> None:
+        """The server is stopping. uvicorn's own protocol closes the connection there and then
+        with 1012, dropping the acknowledgements of messages it had taken and was committing. An
+        app that registered for it is told instead and closes the connection itself once those
+        are out; uvicorn waits for that (timeout_graceful_shutdown) before it cancels the app."""
+        accepted = self.handshake_complete and self.initial_response is None
+        if self._on_shutdown and accepted and not self.close_sent:
+            self.stop_keepalive()
+            callbacks, self._on_shutdown = self._on_shutdown, []
+            for callback in callbacks:
+                callback()
+            return
+        super().shutdown()
 
     async def write_frames(self, frames: Sequence[bytes]) -> None:
         """Write whole frames in one write, once the socket's buffer has room (as `send` does).
