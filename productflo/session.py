@@ -582,15 +582,18 @@ class Session:
     def _events_for(self, inbound: Inbound, room_id: str) -> list[NewEvent]:
         stream = room_stream(room_id)
         events: list[NewEvent] = []
-        sends = inbound.code is InboundCode.CHAT or inbound.code in AI_CODES
-        if sends and not self._believes_member(room_id):
-            events.append(NewEvent(stream, InboundCode.JOIN, {}, self._metadata()))
-        self._intend(room_id, member=inbound.code is not InboundCode.LEAVE)
         key = (
             idempotency_key(self.user_id, inbound.client_msg_id)
             if inbound.client_msg_id is not None
             else new_event_id()
         )
+        sends = inbound.code is InboundCode.CHAT or inbound.code in AI_CODES
+        if sends and not self._believes_member(room_id):
+            # Sending joins the room; the join names its message, so that a resend of a message
+            # already stored does not join again (a user who has left since stays out).
+            implied = {**self._metadata(), "implied_by": str(key)}
+            events.append(NewEvent(stream, InboundCode.JOIN, {}, implied))
+        self._intend(room_id, member=inbound.code is not InboundCode.LEAVE)
         metadata = self._metadata(inbound)
         events.append(NewEvent(stream, inbound.code, inbound.data_json(), metadata, key))
         return events

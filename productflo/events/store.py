@@ -35,7 +35,7 @@ import logging
 import uuid
 from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import asyncpg
 
@@ -232,7 +232,9 @@ class EventStore:
     # -- appending -----------------------------------------------------------------------------
 
     async def append(self, events: Sequence[NewEvent]) -> list[AppendResult]:
-        """Append atomically, in order; return once durable. Known event ids are not rewritten."""
+        """Append atomically, in order; return once durable. Known event ids are not rewritten,
+        and a join implied by a message already stored (`metadata.implied_by`) is left out, of
+        the log and of the results (migration 0008)."""
         return await asyncio.shield(self.submit(events))
 
     def submit(self, events: Sequence[NewEvent]) -> asyncio.Future[list[AppendResult]]:
@@ -308,7 +310,7 @@ class EventStore:
             if any(result is None for result in results):
                 _fail(request, AppendRefused("an anonymous event in a secure room"))
             elif not request.future.done():
-                request.future.set_result([r for r in results if r is not None])
+                request.future.set_result([r for r in results if isinstance(r, AppendResult)])
             offset += count
         if outcome.new:
             self.batches_committed += 1
@@ -548,9 +550,14 @@ class _Lane:
             connection.terminate()
 
 
+# A join the log skipped because the message that implied it is already stored (migration 0008).
+SKIPPED: Literal["skipped"] = "skipped"
+
+
 @dataclass
 class _Outcome:
-    results: list[AppendResult | None]  # None: refused by the log's rule (migration 0006)
+    # None: refused by the log's rule (migration 0006); SKIPPED: neither written nor refused.
+    results: list[AppendResult | Literal["skipped"] | None]
     new: list[RecordedEvent]
 
 
@@ -573,12 +580,14 @@ async def _append_prepared(connection: asyncpg.Connection, batch: list[_Prepared
         [item.data for item in batch],
         [item.metadata for item in batch],
     )
-    results: list[AppendResult | None] = []
+    results: list[AppendResult | Literal["skipped"] | None] = []
     new: list[RecordedEvent] = []
     written: dict[uuid.UUID, RecordedEvent] = {}
     for event, row in zip(events, rows, strict=True):
         if row.get("refused"):
             results.append(None)
+        elif row.get("skipped"):
+            results.append(SKIPPED)
         elif not row["duplicate"]:
             recorded = RecordedEvent(
                 position=row["position"],

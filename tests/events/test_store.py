@@ -112,6 +112,29 @@ async def test_a_resent_request_mixes_known_and_new_events(database_url: Databas
         assert await store.head() == 2
 
 
+def _implied_join(message: NewEvent) -> NewEvent:
+    return NewEvent(message.stream, "join", {}, {"implied_by": str(message.event_id)})
+
+
+async def test_a_join_implied_by_a_stored_message_is_skipped_and_by_a_new_one_written(
+    database_url: DatabaseUrl,
+) -> None:
+    """A resend of a message that joined its sender to the room joins nobody again (0008)."""
+    async with asyncio.timeout(TIMEOUT), running_store(database_url) as store:
+        message = new_event()
+        first = await store.append([_implied_join(message), message])
+        assert [(r.event.type, r.duplicate) for r in first] == [("join", False), ("chat", False)]
+        await store.append([new_event()])  # the sender's leave, say
+        resend = await store.append([_implied_join(message), message])
+        assert [(r.event.type, r.duplicate, r.event.position) for r in resend] == [
+            ("chat", True, 2)
+        ]
+        fresh = new_event()
+        both = await store.append([_implied_join(fresh), fresh])
+        assert [r.event.position for r in both] == [4, 5]
+        assert positions(await store.read(0)) == [1, 2, 3, 4, 5]
+
+
 async def test_a_key_repeated_inside_one_batch_is_written_once(database_url: DatabaseUrl) -> None:
     async with asyncio.timeout(TIMEOUT), running_store(database_url) as store:
         first = new_event(message="one")

@@ -139,6 +139,24 @@ async def test_client_msg_id_is_echoed_and_a_resend_is_not_stored_twice(
     assert len(chats) == 1
 
 
+async def test_a_resend_after_leaving_does_not_join_the_room_again(
+    connect: Any, server: ServerThread
+) -> None:
+    """The first send joined alice to the room implicitly; resending it once she has left is
+    answered with the original and stores nothing, not even a join she never asked for."""
+    alice = await connect("/ws?user_id=alice")
+    await alice.chat("r", "before leaving", client_msg_id="msg-1")
+    first = await alice.recv_code("chat_response")
+    await alice.send({"code": "leave", "room_id": "r"})
+    await alice.recv_until(lambda m: m["data"].get("details", {}).get("action") == "leave")
+    stored = len(await _events(server))
+
+    await alice.chat("r", "before leaving", client_msg_id="msg-1")
+    again = await alice.recv_code("chat_response")
+    assert again["event_id"] == first["event_id"]
+    assert len(await _events(server)) == stored, "the resend appended something (a join)"
+
+
 async def test_the_same_client_msg_id_from_another_user_is_another_message(
     connect: Any,
 ) -> None:
