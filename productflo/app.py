@@ -11,7 +11,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.datastructures import State
 
 from productflo import heap
@@ -19,13 +19,14 @@ from productflo.ai.providers import create_provider
 from productflo.auth import TokenVerifier
 from productflo.consumers import Consumer, Runner
 from productflo.database import DatabaseUrl, resolve
-from productflo.envelopes import FIELD_RULES
+from productflo.envelopes import AI_CODES, FIELD_RULES, InboundCode
 from productflo.errors import CloseCode, StoreError
 from productflo.events.store import EventStore
 from productflo.handlers.assistant import Assistant
 from productflo.handlers.mentions import Mentions
 from productflo.hub import Hub
 from productflo.jsontext import describe, safe_location
+from productflo.metrics import bind_codes, exposition
 from productflo.projections import PROJECTIONS
 from productflo.settings import Settings
 from productflo.transports import admin, http, native
@@ -54,6 +55,7 @@ def create_app(settings: Settings, database: DatabaseUrl, *, owns_process: bool 
             )
             yield
 
+    bind_codes(InboundCode, AI_CODES)
     app = FastAPI(title="ProductFlo realtime server", lifespan=lifespan)
     app.state.settings = settings
     app.state.verifier = TokenVerifier(settings)
@@ -103,7 +105,8 @@ def create_app(settings: Settings, database: DatabaseUrl, *, owns_process: bool 
 
     @app.get("/metrics")
     async def metrics() -> Response:
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+        """Prometheus text: this process's series, or with --workers every worker's, summed."""
+        return Response(exposition(), media_type=CONTENT_TYPE_LATEST)
 
     return app
 

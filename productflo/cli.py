@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 from tqdm import tqdm
 
-from productflo import audit, auth, logs, migrate
+from productflo import audit, auth, logs, metrics, migrate
 from productflo.database import DatabaseUrl, resolve
 from productflo.errors import StoreError
 from productflo.events import store
@@ -196,12 +196,14 @@ def _serve(args: argparse.Namespace) -> int:
     if args.workers > 1:
         # Workers are separate processes: they find the (possibly embedded) database by URL.
         export_database_url(database.dsn)
-        uvicorn.run(
-            "productflo.app:create_app_from_environment",
-            factory=True,
-            workers=args.workers,
-            **options,
-        )
+        # ... and their metrics in one directory, so that GET /metrics sums every worker's.
+        with metrics.shared_directory():
+            uvicorn.run(
+                "productflo.app:create_app_from_environment",
+                factory=True,
+                workers=args.workers,
+                **options,
+            )
     else:
         from productflo.app import create_app
 

@@ -22,11 +22,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import asyncpg
 
+from productflo import metrics
 from productflo.errors import StoreError
 from productflo.events.checkpoints import (
     Connection,
@@ -156,11 +157,16 @@ class Runner:
         self._poll_interval = poll_interval
         self._task: asyncio.Task[None] | None = None
         self.position = 0
+        self.following = False  # reading the log (an exclusive consumer: while it leads)
+        self._unwatch_lag: Callable[[], None] | None = None
         self._stopping = False
         self._taking = False  # a batch is being handled: a stop lets it finish first
 
     async def start(self) -> None:
         await self.consumer.prepare(self.store)
+        self._unwatch_lag = metrics.watch_lag(
+            metrics.PROJECTION_LAG.labels(self.consumer.name), self._lag
+        )
         self._task = asyncio.create_task(self._run(), name=f"consumer-{self.consumer.name}")
 
     async def stop(self) -> None:
@@ -168,6 +174,8 @@ class Runner:
         (for up to STOP_GRACE_SECONDS), and no further batch is started. A runner waiting for
         the log, or one still busy after the grace, is cancelled: what it had not committed
         stays behind the checkpoint, for whoever follows next."""
+        if self._unwatch_lag is not None:
+            self._unwatch_lag()
         if self._task is None:
             return
         self._stopping = True
@@ -194,11 +202,18 @@ class Runner:
             finally:
                 await self.consumer.abandon()
 
+    def _lag(self) -> int | None:
+        """Positions behind the newest this process knows of; None where it does not run."""
+        if not self.following:
+            return None
+        return max(0, self.store.recent.head - self.position)
+
     async def _follow(self) -> None:
         self.position = await self.consumer.resume(self.store)
         tailer = Tailer(
             self.store, self.position, poll_interval=self._poll_interval, fold=FOLD_SECONDS
         )
+        self.following = True
         try:
             while not self._stopping:
                 batch = await tailer.next_batch()
@@ -211,6 +226,7 @@ class Runner:
                     self._taking = False
                 tailer.position = self.position
         finally:
+            self.following = False
             tailer.close()
 
     async def _lead(self) -> None:

@@ -25,6 +25,7 @@ import heapq
 import itertools
 import logging
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -86,6 +87,8 @@ class Hub:
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self._tailer: Tailer | None = None
+        self._metrics: asyncio.Task[None] | None = None
+        self._unwatch_lag: Callable[[], None] | None = None
         self.dispatched = 0
         self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []  # heap by position
         self._tiebreak = itertools.count()
@@ -95,12 +98,20 @@ class Hub:
         self._tailer = Tailer(self.store, self.dispatched, poll_interval=self._poll_interval)
         self.store.on_volatile(self._receive_volatile)
         self._task = asyncio.create_task(self._run(), name="productflo-hub")
+        recent = self.store.recent
+        self._unwatch_lag = metrics.watch_lag(
+            metrics.TAIL_LAG, lambda: recent.head - self.dispatched
+        )
+        self._metrics = asyncio.create_task(metrics.publish_lags(), name="productflo-metrics")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        if self._unwatch_lag is not None:
+            self._unwatch_lag()
+        for task in (self._metrics, self._task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self._tailer is not None:
             self._tailer.close()
 
@@ -125,7 +136,6 @@ class Hub:
             readable = await self.access.readable(session.identity, self._rooms[user])
             self._sessions[user].add(session)
             self._connections[session.id] = session
-            metrics.CONNECTIONS.inc()
             return Attachment(frozenset(readable), self.dispatched)
 
     def detach(self, session: Recipient) -> None:
@@ -135,7 +145,6 @@ class Hub:
             return
         group.discard(session)
         self._connections.pop(session.id, None)
-        metrics.CONNECTIONS.dec()
         if not group:
             del self._sessions[user]
             for room in self._rooms.pop(user, set()):
@@ -161,12 +170,14 @@ class Hub:
                     log.warning(
                         "could not look up the rooms of events up to %d", batch[-1].position
                     )
+                delivered = 0
                 for event in batch:
                     try:
-                        self._dispatch(event)
+                        delivered += self._dispatch(event)
                     except Exception:  # one event must not stop delivery for everyone
                         log.exception("could not dispatch event %d", event.position)
                 self.dispatched = batch[-1].position
+            metrics.DELIVERIES.inc(delivered)  # once a batch: once a delivery costs measurably
             while self._waiters and self._waiters[0][0] <= self.dispatched:
                 _, _, waiter = heapq.heappop(self._waiters)
                 if not waiter.done():
@@ -188,7 +199,9 @@ class Hub:
         rooms = {room for event in batch if (room := event_room(event)) is not None}
         await self.access.load(rooms)
 
-    def _dispatch(self, event: RecordedEvent) -> None:
+    def _dispatch(self, event: RecordedEvent) -> int:
+        """Hand `event` to the sessions that should see it; returns how many."""
+        delivered = 0
         when = membership_change(event.type)
         if when == "before":
             self._apply_membership(event)  # the joiner sees their own join
@@ -206,14 +219,17 @@ class Hub:
                 for session in self._sessions.get(user, ()):
                     if room is None or self._may_read(session, room):
                         session.deliver(outgoing)
+                        delivered += 1
                         if session is sender:
                             sender = None
             if sender is not None:
                 # The sender's copy is its acknowledgement, even where the event's audience
                 # leaves it out (a `leave` of a room it was not in): every message is answered.
                 sender.deliver(outgoing)
+                delivered += 1
         if when == "after":
             self._apply_membership(event)  # ... and the leaver their own leave
+        return delivered
 
     def _may_read(self, session: Recipient, room: str) -> bool:
         allowed = self.access.may_read(session.identity, room, looked_up=self._looked_up)
@@ -279,11 +295,14 @@ class Hub:
             return
         room = message.get("room_id")
         outgoing = Outgoing(message)
+        delivered = 0
         for user in recipients:
             for session in self._sessions.get(user, ()):
                 # A signal, not an event: where the room's flag is not known, it is dropped.
                 if not isinstance(room, str) or self.access.may_read(session.identity, room):
                     session.deliver(outgoing)
+                    delivered += 1
+        metrics.DELIVERIES.inc(delivered)
 
     def _receive_typing(self, payload: dict[str, Any]) -> None:
         user, room = payload.get("user_id"), payload.get("room_id")
@@ -298,9 +317,12 @@ class Hub:
             timestamp=str(payload.get("timestamp")),
         )
         outgoing = Outgoing(message)
+        delivered = 0
         for member in self._members.get(room, ()):
             if member != user:
                 for session in self._sessions.get(member, ()):
                     # A signal, not an event: where the room's flag is not known, it is dropped.
                     if self.access.may_read(session.identity, room):
                         session.deliver(outgoing)
+                        delivered += 1
+        metrics.DELIVERIES.inc(delivered)

@@ -70,7 +70,7 @@ from productflo.events.models import (
 )
 from productflo.events.store import EventStore
 from productflo.hub import Hub
-from productflo.jsontext import storable
+from productflo.jsontext import decode_object, storable
 from productflo.outbox import Close, Outbox, Outgoing
 from productflo.ratelimit import RateLimiter
 from productflo.settings import Settings
@@ -188,6 +188,8 @@ class Session:
         self._access = access
         self._settings = settings
         self._transport = transport
+        self._received = metrics.MESSAGES_RECEIVED.labels(metrics.transport_label(transport.name))
+        self._uncount: Callable[[], None] | None = None  # takes it off productflo_connections
         self._outbox = Outbox(settings.outbound_queue_size, settings.outbound_queue_bytes)
         self._limiter = RateLimiter(settings.rate_limit)
         self._writer: asyncio.Task[None] | None = None
@@ -222,6 +224,9 @@ class Session:
             self._held = deque()
             await self._catch_up(resume)
         attachment = await self._hub.attach(self)
+        counted = metrics.connections(self._transport.name, self.identity.authenticated)
+        counted.inc()
+        self._uncount = counted.dec
         self._writer = asyncio.create_task(self._write(), name=f"session-writer-{self.id}")
         self._follower = asyncio.create_task(self._follow(), name=f"session-acks-{self.id}")
         details: JsonObject = {
@@ -266,6 +271,9 @@ class Session:
         """The client is gone: stop delivering, stop writing."""
         self.state = State.CLOSED
         self._hub.detach(self)
+        if self._uncount is not None:
+            self._uncount()
+            self._uncount = None
         if self._expiry is not None:
             self._expiry.cancel()
         for task in (self._closer, self._replayer, self._writer, self._follower):
@@ -344,6 +352,7 @@ class Session:
             await self._outbox.put(item)
 
     async def _replay(self, resume: Resume, upto: int) -> None:
+        metrics.REPLAYS.inc()
         log_id = str(self._store.log_id)
         try:
             if resume.last_event_id > upto or resume.log_id not in (None, log_id):
@@ -389,10 +398,13 @@ class Session:
         # Closed on the way out, whatever ends the replay: a read ahead is not left behind.
         async with contextlib.aclosing(replay.chunks_at(store, found.positions)) as chunks:
             async for chunk in chunks:
+                sent = 0
                 for event in chunk:
                     rendered = render_event(event)
                     if rendered is not None:
                         await self._send_in_order(Outgoing(rendered.envelope))
+                        sent += 1
+                metrics.REPLAYED_EVENTS.inc(sent)
         details = {
             "replay_complete": True,
             "last_event_id": upto,
@@ -413,6 +425,7 @@ class Session:
                 if messages:
                     await self._transport.send(messages)
                 if close is not None:
+                    metrics.count_close(close.code)
                     await self._transport.close(close.code, close.reason)
                     return
             except Exception:  # the socket is gone; the receive side will notice
@@ -439,7 +452,7 @@ class Session:
         what the client sends, not on how fast the session gets through it."""
         if self.state is not State.OPEN:
             return False
-        metrics.MESSAGES_RECEIVED.labels(self._transport.name).inc()
+        self._received.inc()
         claims = self.identity.claims
         if claims is not None and claims.expires_at <= time.time():
             self._expire()  # the timer is due; a frame must not slip in before it fires
@@ -474,8 +487,10 @@ class Session:
         try:
             inbound = parse_inbound(frame, self.user_id)
         except ProtocolError as error:
+            metrics.count_inbound(_code_of(frame))
             self.refuse(error, answered, frame=frame)
             return
+        metrics.count_inbound(inbound.code)
         try:
             await self._handle(inbound, frame, answered)
         except ProtocolError as error:
@@ -654,6 +669,16 @@ class Session:
         }
         event = NewEvent(user_stream(self.user_id), "rejected", data, self._metadata())
         self._store.submit([event])  # for audit only: nobody waits for it
+
+
+def _code_of(frame: str | bytes) -> str | None:
+    """The code a refused frame names, where it names one (a `chat` without its room is still
+    a chat to count); read again only on this path, never for a message that parsed."""
+    try:
+        code = decode_object(frame).get("code")
+    except ProtocolError:
+        return None
+    return code if isinstance(code, str) else None
 
 
 def _rate_limited(frame: str | bytes) -> ProtocolError:

@@ -124,10 +124,12 @@ class Assistant:
     def _begin(self, request: RecordedEvent) -> None:
         task = asyncio.create_task(self._answer(request), name=f"ai-answer-{request.position}")
         self._answering[request.position] = task
+        metrics.AI_IN_FLIGHT.inc()
         task.add_done_callback(lambda _: self._finished(request.position))
 
     def _finished(self, position: int) -> None:
         self._answering.pop(position, None)
+        metrics.AI_IN_FLIGHT.dec()
         if self.leading.is_set():
             saving = asyncio.get_running_loop().create_task(self._save_checkpoint())
             self._saving.add(saving)  # referenced until done, so it is not collected midway

@@ -10,6 +10,7 @@ from http.cookies import SimpleCookie
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from starlette.websockets import WebSocketState
 
+from productflo import metrics
 from productflo.auth import TokenVerifier, check_origin, find_token
 from productflo.envelopes import error_envelope
 from productflo.errors import (
@@ -80,6 +81,7 @@ async def anonymous_endpoint(websocket: WebSocket) -> None:
         await websocket.accept()
         error = ProtocolError(ErrorCode.INVALID_MESSAGE, problem)
         await websocket.send_text(json.dumps(error_envelope(named[:128], error)))
+        metrics.count_close(CloseCode.POLICY_VIOLATION)
         await websocket.close(CloseCode.POLICY_VIOLATION, "invalid user_id")
         return
     user_id = named or generated_user_id()
@@ -107,6 +109,7 @@ async def secure_endpoint(websocket: WebSocket) -> None:
         await websocket.accept()
         error = ProtocolError(ErrorCode.AUTHENTICATION_FAILED, "Authentication failed")
         await websocket.send_text(json.dumps(error_envelope(None, error)))
+        metrics.count_close(code)
         await websocket.close(code, "authentication failed")
         return
     await websocket.accept()
@@ -130,6 +133,7 @@ async def serve_session(websocket: WebSocket, identity: Identity) -> None:
         await session.open(resume)
     except Exception:
         log.exception("could not open a session for %s", identity.user_id)
+        metrics.count_close(CloseCode.INTERNAL_ERROR)
         await websocket.close(CloseCode.INTERNAL_ERROR, "internal error")
         return
     if refusal is not None:

@@ -38,6 +38,7 @@ import engineio.json
 import socketio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from productflo import metrics
 from productflo.auth import TokenVerifier, check_origin
 from productflo.envelopes import error_envelope, system_envelope
 from productflo.errors import (
@@ -190,6 +191,7 @@ class _Server(socketio.AsyncServer):  # type: ignore[misc]
         if connection is not None:
             connection.session.request_close(code, reason)
         elif eio_sid in self.eio.sockets:
+            metrics.count_close(code)
             await self.eio.disconnect(eio_sid)
 
 
@@ -249,6 +251,7 @@ class _Connection:
             item, answer = await self.inbox.get()
             answered = functools.partial(_settle, answer)
             if isinstance(item, Refused):  # refused by the transport's own rule: audited too
+                metrics.count_inbound(None)
                 self.session.refuse(item.error, answered, frame=item.frame)
                 continue
             try:
@@ -303,16 +306,19 @@ async def identify(
             claims = await verifier.verify_async(str(token))
         except ForbiddenOrigin as failure:
             log.info("socket.io connection refused: %s", failure)
+            metrics.count_close(CloseCode.FORBIDDEN_ORIGIN)  # what the native endpoint closes with
             raise socketio.exceptions.ConnectionRefusedError(
                 "Authentication failed: origin not allowed"
             ) from failure
         except AuthenticationFailed as failure:
             log.info("socket.io connection refused: %s", failure)
+            metrics.count_close(CloseCode.AUTHENTICATION_FAILED)
             raise socketio.exceptions.ConnectionRefusedError("Authentication failed") from failure
         return Identity(user_id=claims.subject, authenticated=True, claims=claims)
     named = environ.get("HTTP_USER_ID") or cookies.get("user_id")
     problem = id_problem(named) if named is not None else None
     if problem is not None:
+        metrics.count_close(CloseCode.POLICY_VIOLATION)
         raise socketio.exceptions.ConnectionRefusedError(problem)
     return Identity(user_id=named or generated_user_id(), authenticated=False)
 
@@ -370,6 +376,7 @@ def create_server(app_state: Any, settings: Settings) -> _Server:
             await session.open(resume if isinstance(resume, Resume) else None)
         except Exception:
             log.exception("could not open a socket.io session for %s", session.user_id)
+            metrics.count_close(CloseCode.INTERNAL_ERROR)
             await sio.disconnect(sid)
             raise
         if isinstance(resume, ProtocolError):
