@@ -8,7 +8,6 @@ which tests did not run.
 from __future__ import annotations
 
 import importlib.util
-import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ import pytest
 
 from productflo.database import DatabaseUrl
 from tests.conftest import ServerThread
+from tests.system_programs import Requirement, missing_program
 
 CHROMIUM = Path("/usr/bin/chromium")
 INSTALL = "apt-get install -y chromium"
@@ -36,8 +36,8 @@ TIMEOUT_MS = 20_000
 
 def _missing() -> str | None:
     """Why the browser tests cannot run here, or None."""
-    if not (CHROMIUM.is_file() and os.access(CHROMIUM, os.X_OK)):
-        return f"{CHROMIUM} is missing: install it with `{INSTALL}`"
+    if (missing := missing_program(CHROMIUM, INSTALL)) is not None:
+        return missing
     if importlib.util.find_spec("playwright") is None:
         return (
             "the playwright package is missing: install it with `.venv/bin/pip install -e '.[dev]'`"
@@ -45,36 +45,17 @@ def _missing() -> str | None:
     return None
 
 
-MISSING = _missing()
-SKIP_REASON = f"browser test not run: {MISSING}"
-if MISSING is not None and importlib.util.find_spec("playwright") is None:
+REQUIREMENT = Requirement("browser", Path(__file__).resolve().parent, _missing())
+if REQUIREMENT.missing is not None and importlib.util.find_spec("playwright") is None:
     collect_ignore_glob = ["test_*.py"]  # they import it: said in the summary below
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if MISSING is None:
-        return
-    here = Path(__file__).resolve().parent
-    for item in items:
-        if here in Path(str(item.path)).resolve().parents:
-            item.add_marker(pytest.mark.skip(reason=SKIP_REASON))
+    REQUIREMENT.skip_missing(items)
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
-    if MISSING is None:
-        return
-    skipped = [
-        report.nodeid
-        for report in terminalreporter.stats.get("skipped", [])
-        if SKIP_REASON in str(report.longrepr)
-    ]
-    terminalreporter.write_sep("=", "browser tests not run", yellow=True)
-    if skipped:
-        terminalreporter.write_line(f"{len(skipped)} browser tests were skipped: {MISSING}")
-        for nodeid in skipped:
-            terminalreporter.write_line(f"  {nodeid}")
-    else:
-        terminalreporter.write_line(f"tests/browser was not run: {MISSING}")
+    REQUIREMENT.summarize(terminalreporter)
 
 
 @pytest.fixture
