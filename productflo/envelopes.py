@@ -30,6 +30,8 @@ MAX_SENDER_CHARS = 128
 MAX_ATTACHED_FILES = 100
 MAX_FILE_NAME_CHARS = 1024
 MAX_CLIENT_MSG_ID_CHARS = 64
+# A state vector names each client that wrote to the document once, in a few bytes each.
+MAX_STATE_VECTOR_CHARS = 65536
 
 
 class InboundCode(StrEnum):
@@ -42,6 +44,9 @@ class InboundCode(StrEnum):
     LEAVE = "leave"
     TYPING = "typing"
     HISTORY = "history"
+    DOC_OPEN = "doc_open"
+    DOC_UPDATE = "doc_update"
+    AWARENESS = "awareness"
 
 
 # Requests answered by the AI assistant: acknowledged with `pending`, answered later.
@@ -50,6 +55,10 @@ AI_CODES = frozenset(
 )
 # Everything in a room: all codes need one.
 ROOM_CODES = frozenset(InboundCode)
+# A room's collaborative documents (SPEC section 7): each names its document in data.doc_id.
+DOC_CODES = frozenset({InboundCode.DOC_OPEN, InboundCode.DOC_UPDATE, InboundCode.AWARENESS})
+# ... and those that carry a Yjs update in data.update.
+UPDATE_CODES = frozenset({InboundCode.DOC_UPDATE, InboundCode.AWARENESS})
 
 Status = Literal["success", "error", "pending"]
 
@@ -72,6 +81,9 @@ class InboundData(BaseModel):
     is_typing: bool | None = None
     before: int | None = Field(default=None, gt=0, le=MAX_POSITION)
     limit: int | None = Field(default=None, gt=0, le=MAX_HISTORY_LIMIT)
+    doc_id: Identifier | None = None
+    update: str | None = None  # base64; its size is the connection's frame limit's to bound
+    state_vector: str | None = Field(default=None, max_length=MAX_STATE_VECTOR_CHARS)
 
 
 class Inbound(BaseModel):
@@ -110,6 +122,11 @@ FIELD_RULES = {
     "data.is_typing": "data.is_typing must be true or false",
     "data.before": f"data.before must be an integer from 1 to {MAX_POSITION}",
     "data.limit": f"data.limit must be an integer from 1 to {MAX_HISTORY_LIMIT}",
+    "data.doc_id": f"data.doc_id {_ID_RULE}",
+    "data.update": "data.update must be a base64 string",
+    "data.state_vector": (
+        f"data.state_vector must be a base64 string of at most {MAX_STATE_VECTOR_CHARS} characters"
+    ),
 }
 
 
@@ -140,6 +157,10 @@ def parse_inbound(frame: str | bytes, connection_user: str) -> Inbound:
         raise refuse(ErrorCode.USER_ID_MISMATCH, "data.sender does not match the connection's user")
     if inbound.code in ROOM_CODES and inbound.room_id is None:
         raise refuse(ErrorCode.ROOM_ID_REQUIRED, f"room_id is required for {code}")
+    if inbound.code in DOC_CODES and inbound.data.doc_id is None:
+        raise refuse(ErrorCode.INVALID_MESSAGE, f"data.doc_id is required for {code}")
+    if inbound.code in UPDATE_CODES and inbound.data.update is None:
+        raise refuse(ErrorCode.INVALID_MESSAGE, f"data.update is required for {code}")
     return inbound
 
 
@@ -256,7 +277,7 @@ class Rendered:
 
 def render_event(event: RecordedEvent) -> Rendered | None:
     """The outbound envelope of a stored event, or None for events clients never see."""
-    audience = audience_of(event.type, event.stream, event.user_id)
+    audience = audience_of(event.type, event.stream, event.user_id, event.data.get("doc_id"))
     if audience is None:
         return None
     return Rendered(_envelope_of(event), audience)
@@ -281,6 +302,9 @@ def _envelope_of(event: RecordedEvent) -> JsonObject:
         # The subject is the user notified; who caused it is in data.details.
         common["room_id"] = event.data.get("details", {}).get("room_id")
         return envelope("success", "notification", event.addressee, event.data, **common)
+    if event.type == InboundCode.DOC_UPDATE:
+        update = {"doc_id": event.data.get("doc_id"), "update": event.data.get("update")}
+        return envelope("success", "doc_update", actor, update, **common)
     if event.type in ANSWER_CODES:
         code = ANSWER_CODES[event.type]
         if event.addressee is not None:  # a failure, told to the requester alone

@@ -31,7 +31,7 @@ from typing import Any, Protocol
 
 from productflo import membership, metrics
 from productflo.access import Access, Principal, event_room
-from productflo.audience import membership_change
+from productflo.audience import DOC_OPEN, Opened, fold_opened, membership_change
 from productflo.envelopes import Audience, envelope, now_iso, render_event
 from productflo.errors import CloseCode, StoreError
 from productflo.events.models import JsonObject, RecordedEvent
@@ -84,6 +84,7 @@ class Hub:
         self._connections: dict[str, Recipient] = {}  # session id -> session
         self._rooms: dict[str, set[str]] = {}  # user -> rooms, for users connected here
         self._members: dict[str, set[str]] = defaultdict(set)  # room -> users connected here
+        self._opened: dict[str, set[Opened]] = {}  # user -> documents opened, as _rooms
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self._tailer: Tailer | None = None
@@ -130,6 +131,7 @@ class Hub:
         async with self._lock:
             if user not in self._rooms:
                 rooms = await membership.rooms_of(self.store, user, self.dispatched)
+                self._opened[user] = await self.store.opened_docs(user, self.dispatched)
                 self._rooms[user] = rooms
                 for room in rooms:
                     self._members[room].add(user)
@@ -147,6 +149,7 @@ class Hub:
         self._connections.pop(session.id, None)
         if not group:
             del self._sessions[user]
+            self._opened.pop(user, None)
             for room in self._rooms.pop(user, set()):
                 self._members[room].discard(user)
                 if not self._members[room]:
@@ -202,7 +205,7 @@ class Hub:
     def _dispatch(self, event: RecordedEvent) -> int:
         """Hand `event` to the sessions that should see it; returns how many."""
         delivered = 0
-        when = membership_change(event.type)
+        when = "before" if event.type == DOC_OPEN else membership_change(event.type)
         if when == "before":
             self._apply_membership(event)  # the joiner sees their own join
         rendered = render_event(event)
@@ -210,6 +213,8 @@ class Hub:
             audience = rendered.audience
             if audience.kind == "room":
                 recipients = self._members.get(audience.name, set())
+                if audience.doc is not None:
+                    recipients = self._openers(recipients, audience.name, audience.doc)
             else:
                 recipients = {audience.name}
             room = event_room(event)
@@ -231,6 +236,10 @@ class Hub:
             self._apply_membership(event)  # ... and the leaver their own leave
         return delivered
 
+    def _openers(self, users: set[str], room: str, doc: str) -> set[str]:
+        """Of `users`, those who opened the document `doc` of `room`."""
+        return {user for user in users if (room, doc) in self._opened.get(user, ())}
+
     def _may_read(self, session: Recipient, room: str) -> bool:
         allowed = self.access.may_read(session.identity, room, looked_up=self._looked_up)
         if allowed is None:
@@ -245,6 +254,9 @@ class Hub:
     def _apply_membership(self, event: RecordedEvent) -> None:
         user, room = event.user_id, event.room_id
         if user is None or room is None or user not in self._rooms:
+            return
+        if event.type == DOC_OPEN:
+            fold_opened(self._opened[user], event.type, room, event.data.get("doc_id"))
             return
         membership.apply(self._rooms[user], event)
         if room in self._rooms[user]:
@@ -277,9 +289,28 @@ class Hub:
             }
         )
 
+    async def publish_awareness(
+        self, sender: Recipient, room_id: str, doc_id: str, update: str
+    ) -> None:
+        """Relay a Yjs awareness update (cursors, selections) to the others who opened the
+        document, on every process; never stored."""
+        await self.store.publish_volatile(
+            {
+                "kind": "awareness",
+                "connection_id": sender.id,
+                "user_id": sender.user_id,
+                "room_id": room_id,
+                "doc_id": doc_id,
+                "update": update,
+                "timestamp": now_iso(),
+            }
+        )
+
     def _receive_volatile(self, payload: dict[str, Any]) -> None:
         if payload.get("kind") == "envelope":
             self._receive_envelope(payload)
+        elif payload.get("kind") == "awareness":
+            self._receive_awareness(payload)
         elif payload.get("kind") == "typing":
             self._receive_typing(payload)
 
@@ -303,6 +334,26 @@ class Hub:
                     session.deliver(outgoing)
                     delivered += 1
         metrics.DELIVERIES.inc(delivered)
+
+    def _receive_awareness(self, payload: dict[str, Any]) -> None:
+        user, room, doc = payload.get("user_id"), payload.get("room_id"), payload.get("doc_id")
+        if not isinstance(user, str) or not isinstance(room, str) or not isinstance(doc, str):
+            return
+        message = envelope(
+            "success",
+            "awareness",
+            user,
+            {"doc_id": doc, "update": payload.get("update")},
+            room_id=room,
+            timestamp=str(payload.get("timestamp")),
+        )
+        outgoing = Outgoing(message)
+        sender = payload.get("connection_id")
+        for member in self._openers(self._members.get(room, set()), room, doc):
+            for session in self._sessions.get(member, ()):
+                # A signal, not an event: where the room's flag is not known, it is dropped.
+                if session.id != sender and self.access.may_read(session.identity, room):
+                    session.deliver(outgoing)
 
     def _receive_typing(self, payload: dict[str, Any]) -> None:
         user, room = payload.get("user_id"), payload.get("room_id")

@@ -54,11 +54,11 @@ async def missed(
     streams |= await store.membership_streams(user_id, after, upto)
     streams.add(user_stream(user_id))
     outlines = await store.read_outlines(streams, after, upto)
-    visibility = Visibility(user_id, rooms)
+    visibility = Visibility(user_id, rooms, await store.opened_docs(user_id, after))
     seen = [
         (o.position, room_about(o.stream, o.about))
         for o in outlines
-        if visibility.sees(o.type, o.stream, o.actor)
+        if visibility.sees(o.type, o.stream, o.actor, o.about)
     ]
     if readable is not None:
         allowed = await readable({room for _, room in seen if room is not None})

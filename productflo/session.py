@@ -40,8 +40,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from productflo import history, logs, metrics, replay
+from productflo import documents, history, logs, metrics, replay
 from productflo.access import Access, Action, event_room
+from productflo.audience import Opened
 from productflo.auth import Claims
 from productflo.envelopes import (
     AI_CODES,
@@ -72,6 +73,7 @@ from productflo.events.store import EventStore
 from productflo.hub import Hub
 from productflo.jsontext import decode_object, storable
 from productflo.outbox import Close, Outbox, Outgoing
+from productflo.projections.documents import Documents
 from productflo.ratelimit import RateLimiter
 from productflo.settings import Settings
 
@@ -166,7 +168,9 @@ def _action(code: InboundCode) -> Action:
         return Action.TYPING
     if code is InboundCode.HISTORY:
         return Action.HISTORY
-    return Action.SEND  # chat and the AI codes
+    if code is InboundCode.AWARENESS:
+        return Action.TYPING  # a signal, as typing is
+    return Action.SEND  # chat, the AI codes, and a document's open and updates
 
 
 class Session:
@@ -198,6 +202,8 @@ class Session:
         self._closer: asyncio.Task[None] | None = None
         self._expiry: asyncio.TimerHandle | None = None
         self._held: deque[Outgoing] | None = None
+        # Documents being opened: their live updates wait here until the doc_sync has gone out.
+        self._syncing: dict[Opened, list[Outgoing]] = {}
         self._held_bytes = 0
         self._in_flight: asyncio.Queue[_InFlight] = asyncio.Queue(maxsize=MAX_IN_FLIGHT)
         self._unsettled = 0  # appends submitted and not yet acknowledged (or refused)
@@ -325,6 +331,9 @@ class Session:
         if self.state not in (State.OPEN, State.DRAINING):
             return
         item = message if isinstance(message, Outgoing) else Outgoing(message)
+        if self._syncing and (doc := _doc_of(item.envelope)) in self._syncing:
+            self._syncing[doc].append(item)  # after the doc_sync being read, or in it
+            return
         if self._held is not None:  # a replay is being sent: live events wait behind it
             self._held.append(item)
             self._held_bytes += item.size
@@ -530,7 +539,13 @@ class Session:
             self.deliver(page)
             answered(page)
             return
+        if inbound.code is InboundCode.AWARENESS:
+            await self._relay_awareness(inbound, inbound.room_id)
+            answered(None)
+            return
         events = self._events_for(inbound, inbound.room_id)
+        if inbound.code is InboundCode.DOC_OPEN:
+            self._syncing.setdefault((inbound.room_id, str(inbound.data.doc_id)), [])
         # Nothing awaited since the check: if this opens the room, others are judged by it.
         access.opening(inbound.room_id, self.identity.authenticated)
         future = self._store.submit(events)
@@ -551,6 +566,7 @@ class Session:
         try:
             results = await item.future
         except StoreError as error:
+            self._syncing.pop(_opening(item), None)
             self._access.settled(item.room_id)
             if isinstance(error, AppendRefused):
                 # Another process opened the room from /ws/secure in the instant between this
@@ -561,6 +577,14 @@ class Session:
             self._settle(item.room_id)
             return
         last = results[-1]
+        if item.inbound.code is InboundCode.DOC_OPEN and not _opens(last.event, item):
+            self._syncing.pop(_opening(item), None)  # a reused client_msg_id: not this open
+        elif item.inbound.code is InboundCode.DOC_OPEN:
+            await self._hub.dispatched_past(last.event.position)
+            await self._sync_document(item, last.event.position)
+            self._access.settled(item.room_id)
+            self._settle(item.room_id)
+            return
         if last.duplicate:
             # Seen before: answer with the original event, which everyone else already has,
             # if this connection may see it (the key is the user's, whatever the room).
@@ -602,7 +626,7 @@ class Session:
             if inbound.client_msg_id is not None
             else new_event_id()
         )
-        sends = inbound.code is InboundCode.CHAT or inbound.code in AI_CODES
+        sends = inbound.code in SENDING_CODES
         if sends and not self._believes_member(room_id):
             # Sending joins the room; the join names its message, so that a resend of a message
             # already stored does not join again (a user who has left since stays out).
@@ -610,8 +634,90 @@ class Session:
             events.append(NewEvent(stream, InboundCode.JOIN, {}, implied))
         self._intend(room_id, member=inbound.code is not InboundCode.LEAVE)
         metadata = self._metadata(inbound)
-        events.append(NewEvent(stream, inbound.code, inbound.data_json(), metadata, key))
+        events.append(NewEvent(stream, inbound.code, self._stored_data(inbound), metadata, key))
         return events
+
+    def _stored_data(self, inbound: Inbound) -> JsonObject:
+        """What the log keeps of a message's data: as sent, but for a document's update, which
+        must be a Yjs update (checked here, before anything is appended) and is kept alone."""
+        if inbound.code is not InboundCode.DOC_UPDATE:
+            return inbound.data_json()
+        text = str(inbound.data.update)
+        try:
+            raw = documents.decode(text, limit=self._settings.max_message_bytes)
+        except documents.NotAnUpdate as error:
+            raise ProtocolError(
+                ErrorCode.INVALID_MESSAGE, str(error), client_msg_id=inbound.client_msg_id
+            ) from None
+        return {"doc_id": inbound.data.doc_id, "update": documents.encode(raw)}
+
+    # -- documents (SPEC section 7) -------------------------------------------------------------
+
+    async def _sync_document(self, item: _InFlight, opened_at: int) -> None:
+        """Answer a doc_open: what the client's state vector lacks, read up to a position at or
+        after the open (whose updates the hub hands us from then on, held meanwhile); then the
+        held updates that came after what was read."""
+        inbound = item.inbound
+        key = _opening(item)
+        try:
+            state_vector = (
+                documents.decode_state_vector(inbound.data.state_vector)
+                if inbound.data.state_vector is not None
+                else None
+            )
+            doc = await Documents.current(
+                self._store, key[0], key[1], max(opened_at, self._hub.dispatched)
+            )
+        except documents.NotAnUpdate as error:
+            self._syncing.pop(key, None)
+            invalid = ProtocolError(
+                ErrorCode.INVALID_MESSAGE, str(error), client_msg_id=inbound.client_msg_id
+            )
+            self.refuse(invalid, item.answered)
+            return
+        except StoreError:
+            self._syncing.pop(key, None)
+            self.refuse(_failed(inbound), item.answered)
+            return
+        sync = envelope(
+            "success",
+            "doc_sync",
+            self.user_id,
+            {
+                "doc_id": key[1],
+                "update": documents.encode(doc.state.missing(state_vector)),
+                "state_vector": documents.encode(doc.state.state_vector),
+                "version": doc.version,
+            },
+            room_id=key[0],
+            event_id=opened_at,
+            client_msg_id=inbound.client_msg_id,
+        )
+        waiting = self._syncing.pop(key, [])
+        self.deliver(sync)
+        item.answered(sync)
+        for held in waiting:
+            if held.envelope.get("event_id", 0) > doc.through:
+                self.deliver(held)
+
+    async def _relay_awareness(self, inbound: Inbound, room_id: str) -> None:
+        text = str(inbound.data.update)
+        if len(text) > documents.MAX_AWARENESS_CHARS:
+            raise ProtocolError(
+                ErrorCode.INVALID_MESSAGE,
+                f"data.update of an awareness message is at most"
+                f" {documents.MAX_AWARENESS_CHARS} characters",
+                client_msg_id=inbound.client_msg_id,
+            )
+        try:
+            raw = documents.decode_awareness(text)
+        except documents.NotAnUpdate as error:
+            raise ProtocolError(
+                ErrorCode.INVALID_MESSAGE, str(error), client_msg_id=inbound.client_msg_id
+            ) from None
+        await self._hub.publish_awareness(
+            self, room_id, str(inbound.data.doc_id), documents.encode(raw)
+        )
 
     # Membership as this session's own appends will leave it. Without this, a `chat` sent right
     # after a `leave` (or right after another chat to a new room) would be judged against the hub's
@@ -679,6 +785,33 @@ def _code_of(frame: str | bytes) -> str | None:
     except ProtocolError:
         return None
     return code if isinstance(code, str) else None
+
+
+# Messages that join their sender to the room when it is not in it yet.
+SENDING_CODES = frozenset(
+    {InboundCode.CHAT, *AI_CODES, InboundCode.DOC_OPEN, InboundCode.DOC_UPDATE}
+)
+
+
+def _doc_of(message: JsonObject) -> Opened | None:
+    """The document a live doc_update is about, or None for anything else."""
+    if message.get("code") != "doc_update":
+        return None
+    return (message.get("room_id"), message.get("data", {}).get("doc_id"))  # type: ignore[return-value]
+
+
+def _opening(item: _InFlight) -> Opened:
+    return (item.room_id, str(item.inbound.data.doc_id))
+
+
+def _opens(event: RecordedEvent, item: _InFlight) -> bool:
+    """Whether the log's answer to a doc_open is that open (new or resent), not an event of
+    another kind that a reused client_msg_id names."""
+    return (
+        event.type == InboundCode.DOC_OPEN
+        and event.room_id == item.room_id
+        and event.data.get("doc_id") == item.inbound.data.doc_id
+    )
 
 
 def _rate_limited(frame: str | bytes) -> ProtocolError:

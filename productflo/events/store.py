@@ -29,13 +29,15 @@ neighbours.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import logging
 import uuid
 from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from datetime import datetime
+from typing import Any, Literal, NamedTuple
 
 import asyncpg
 
@@ -47,6 +49,7 @@ from productflo.events.models import (
     NewEvent,
     Outline,
     RecordedEvent,
+    room_stream,
 )
 from productflo.events.recent import Recent
 from productflo.jsontext import decode_stored, encode_text, is_storable
@@ -370,7 +373,8 @@ class EventStore:
         rows = await self._fetch(
             """
             SELECT position, stream, type, metadata->>'user_id' AS actor,
-                   CASE WHEN stream LIKE 'user:%' THEN data->'details'->>'room_id' END AS about
+                   CASE WHEN stream LIKE 'user:%' THEN data->'details'->>'room_id'
+                        WHEN type IN ('doc_open', 'doc_update') THEN data->>'doc_id' END AS about
             FROM events
             WHERE stream = ANY($1::text[]) AND position > $2 AND position <= $3
             ORDER BY position
@@ -413,6 +417,27 @@ class EventStore:
             upto,
         )
         return {row["stream"]: row["type"] for row in rows}
+
+    # -- documents (SPEC section 7): each read by its partial index of migration 0009 ----------
+
+    async def doc_updates(
+        self, room_id: str, doc_id: str, after: int, upto: int
+    ) -> list[DocUpdate]:
+        """The updates of a room's document in (after, upto], in log order."""
+        rows = await self._fetch(DOC_UPDATES, room_stream(room_id), doc_id, after, upto + 1)
+        return [doc_update(row) for row in rows]
+
+    async def opened_docs(self, user_id: str, upto: int) -> set[tuple[str, str]]:
+        """The documents (room, doc id) `user_id` opened at or before `upto`."""
+        rows = await self._fetch(
+            """
+            SELECT DISTINCT stream, data->>'doc_id' AS doc FROM events
+            WHERE metadata->>'user_id' = $1 AND type = 'doc_open' AND position <= $2
+            """,
+            user_id,
+            upto,
+        )
+        return {(row["stream"].removeprefix("room:"), row["doc"]) for row in rows}
 
     async def first_authenticated(self, streams: Collection[str]) -> dict[str, bool]:
         """For each stream that has events, whether its first came from an authenticated
@@ -548,6 +573,25 @@ class _Lane:
         connection, self._connection = self._connection, None
         if connection is not None:
             connection.terminate()
+
+
+class DocUpdate(NamedTuple):
+    position: int
+    recorded_at: datetime
+    update: bytes
+
+
+# A document's updates in log order, between two positions (exclusive): `events_doc_updates`.
+DOC_UPDATES = """
+    SELECT position, recorded_at, data->>'update' AS update FROM events
+    WHERE stream = $1 AND data->>'doc_id' = $2 AND type = 'doc_update'
+      AND position > $3 AND position < $4
+    ORDER BY position
+"""
+
+
+def doc_update(row: asyncpg.Record) -> DocUpdate:
+    return DocUpdate(row["position"], row["recorded_at"], base64.b64decode(row["update"]))
 
 
 # A join the log skipped because the message that implied it is already stored (migration 0008).

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from productflo.projections.documents import Documents
 from productflo.projections.framework import Projection
 from productflo.projections.messages import Messages
 from productflo.projections.notifications import Notifications
 from productflo.projections.rooms import Rooms
 
-PROJECTIONS: dict[str, Projection] = {p.name: p for p in (Rooms(), Messages(), Notifications())}
+PROJECTIONS: dict[str, Projection] = {
+    p.name: p for p in (Rooms(), Messages(), Notifications(), Documents())
+}
 
 __all__ = ["PROJECTIONS", "Projection", "UnknownProjection", "chosen"]
 

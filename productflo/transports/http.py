@@ -1,4 +1,5 @@
-"""The HTTP API beside the sockets: reading a room's messages with a Bearer user token."""
+"""The HTTP API beside the sockets: reading a room's messages and documents, and a user's
+notifications, with a Bearer user token."""
 
 from __future__ import annotations
 
@@ -10,10 +11,11 @@ from pydantic import BaseModel, Field
 from productflo import history, notifications
 from productflo.access import Action, claim_allows, refusal
 from productflo.auth import Claims, TokenVerifier
-from productflo.envelopes import MAX_HISTORY_LIMIT, Identifier
+from productflo.envelopes import MAX_HISTORY_LIMIT, Identifier, iso
 from productflo.errors import AuthenticationFailed, StoreError
 from productflo.events.models import MAX_POSITION, JsonObject, NewEvent, user_stream
 from productflo.hub import Hub
+from productflo.projections.documents import Documents
 from productflo.projections.notifications import READ_TYPE
 
 router = APIRouter()
@@ -106,9 +108,53 @@ async def room_messages(
 
     The token is authenticated, so every room is open to it but for its `rooms` claim (which
     does not limit an admin token: admins read every room); otherwise 403."""
-    reason = refusal(_Bearer(user), room_id, Action.HISTORY, secure=None)
-    if reason is not None:
-        raise HTTPException(403, reason)
+    _room_readable(user, room_id)
     hub: Hub = request.app.state.hub
     found = await history.page(hub.store, room_id, before, limit)
     return found.as_json()
+
+
+def _room_readable(user: Claims, room_id: str) -> None:
+    """403 unless the token may read the room, as for its history."""
+    reason = refusal(_Bearer(user), room_id, Action.HISTORY, secure=None)
+    if reason is not None:
+        raise HTTPException(403, reason)
+
+
+@router.get("/rooms/{room_id}/docs")
+async def room_documents(
+    request: Request, user: User, room_id: Annotated[Identifier, Path()]
+) -> JsonObject:
+    """The room's collaborative documents, most recently edited first (SPEC section 7)."""
+    _room_readable(user, room_id)
+    hub: Hub = request.app.state.hub
+    try:
+        listed = await Documents.listed(hub.store, room_id)
+    except StoreError:
+        raise HTTPException(503, "the event log is unavailable; try again") from None
+    return {"docs": listed}
+
+
+@router.get("/rooms/{room_id}/docs/{doc_id}")
+async def room_document(
+    request: Request,
+    user: User,
+    room_id: Annotated[Identifier, Path()],
+    doc_id: Annotated[Identifier, Path()],
+) -> JsonObject:
+    """A document's current text: its snapshot and every update the log has after it."""
+    _room_readable(user, room_id)
+    store = request.app.state.hub.store
+    try:
+        doc = await Documents.current(store, room_id, doc_id, await store.head())
+    except StoreError:
+        raise HTTPException(503, "the event log is unavailable; try again") from None
+    if doc.version == 0:
+        raise HTTPException(404, "no such document in this room")
+    updated_at = iso(doc.updated_at) if doc.updated_at is not None else None
+    return {
+        "doc_id": doc_id,
+        "text": doc.state.text,
+        "version": doc.version,
+        "updated_at": updated_at,
+    }

@@ -234,6 +234,13 @@ class MemoryLog:
                 last[event.stream] = event.type
         return last
 
+    async def opened_docs(self, user_id: str, upto: int) -> set[tuple[str, str]]:
+        return {
+            (event.stream.removeprefix("room:"), event.data["doc_id"])
+            for event in self.events[: max(upto, 0)]
+            if event.type == "doc_open" and _actor(event) == user_id
+        }
+
     async def first_authenticated(self, streams: Collection[str]) -> dict[str, bool]:
         return {
             stream: self._streams[stream][0].metadata.get("authenticated") is True
