@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 JS := tests/js
 FANOUT := bench/fanout
 
-.PHONY: serve test fuzz lint typecheck bench clean
+.PHONY: serve test fuzz lint typecheck bench vendor clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -56,5 +56,14 @@ bench: $(STAMP) $(FANOUT)/node_modules/.package-lock.json
 	echo "         bench/results/idle_memory_profile.json"; \
 	if [ -n "$$failed" ]; then echo "failed:$$failed"; exit 1; fi
 
+# The web client's Yjs (productflo/static/vendor/yjs.mjs, committed; the Node tests import it too):
+# rebuilt from the versions pinned in tools/vendor-yjs only when they change, never at run time.
+VENDOR := tools/vendor-yjs
+YJS_BANNER := // yjs 13.6.33, y-protocols 1.0.7 (awareness), lib0 0.2.120: bundled by $(VENDOR) (make vendor); MIT licensed, (c) Kevin Jahns
+vendor:
+	cd $(VENDOR) && npm ci --silent --no-audit --no-fund
+	$(VENDOR)/node_modules/.bin/esbuild $(VENDOR)/entry.mjs --bundle --format=esm --minify \
+		--legal-comments=inline --banner:js="$(YJS_BANNER)" --outfile=productflo/static/vendor/yjs.mjs
+
 clean:
-	rm -rf $(VENV) $(JS)/node_modules $(FANOUT)/node_modules .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(JS)/node_modules $(FANOUT)/node_modules $(VENDOR)/node_modules .pytest_cache .mypy_cache .ruff_cache
