@@ -20,8 +20,8 @@ children of labelled series are bound once, here or per connection, not looked u
 Lag is positions behind the newest position this process knows committed (`Recent.head`: its
 own commits, what it read, and every commit's NOTIFY), for the hub and for each consumer. It is
 worked out from what they already hold, with no query: at each scrape by the process answering
-it, and every second by every process (`publish_lags`, which the hub runs), so that another
-worker's lag is at most a second old.
+it, and with --workers every second by every worker (`publish_lags`, which the hub runs), so
+that another worker's lag is at most a second old.
 """
 
 from __future__ import annotations
@@ -202,8 +202,9 @@ def refresh_lags() -> None:
 
 
 async def publish_lags() -> None:
-    """Keep this process's lag gauges current, for scrapes that another worker answers."""
-    while True:
+    """Keep this process's lag gauges current, for scrapes that another worker answers; a
+    process of its own works them out at each scrape, and has nothing to do here."""
+    while MULTIPROCESS:
         refresh_lags()
         await asyncio.sleep(PUBLISH_SECONDS)
 
