@@ -5,7 +5,13 @@ A request (`haitch_chat`, `idea`, `documentation`, `engineering`) is appended an
 
     request in the log ──▶ logs: context read ──▶ pieces as they stream (not stored)
                        ──▶ the answer appended to the room (or the failure to the requester)
-                       ──▶ for a document, a notification to the requester, in the same append
+                       ──▶ for a document, in the same append: the collaborative document it
+                           opens (a doc_update seeding it, before the answer naming it in
+                           data.details.doc_id) and a notification to the requester
+
+What the model reads of the room's generated documents is their text as it stands at the
+request, edits made together since included (SPEC section 7); a request with `data.doc_id` asks
+about that document, and reads it too.
 
 One process answers at a time (a Runner runs it as an exclusive consumer, productflo.consumers):
 the one holding a PostgreSQL advisory lock on a connection of its own. When that process dies,
@@ -30,7 +36,7 @@ import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Sequence
 
-from productflo import metrics
+from productflo import documents, metrics
 from productflo.ai.interface import AI_KINDS, AIRequest, ContextMessage, Provider, ProviderError
 from productflo.ai.prompts import ASSISTANT_ID, document_title
 from productflo.envelopes import (
@@ -46,6 +52,7 @@ from productflo.events.checkpoints import advance_checkpoint, checkpoint, create
 from productflo.events.models import JsonObject, NewEvent, RecordedEvent, room_stream, user_stream
 from productflo.events.store import EventStore
 from productflo.hub import Hub
+from productflo.projections.documents import Documents
 from productflo.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -64,6 +71,12 @@ ATTEMPTS = 3  # at a request that fails for another reason than the provider
 def answer_id(request: RecordedEvent) -> uuid.UUID:
     """The event id of the answer to `request`: the same on every attempt, in every process."""
     return uuid.uuid5(_NAMESPACE, f"{request.event_id}:answer")
+
+
+def document_id(request: RecordedEvent) -> str:
+    """The id of the collaborative document a documentation request's answer opens: the same
+    for every attempt at answering it."""
+    return f"haitch-{request.position}"
 
 
 def is_request(event: RecordedEvent) -> bool:
@@ -214,6 +227,10 @@ class Assistant:
         )
         files = request.data.get("attached_files")
         message = request.data.get("message")
+        said = [await self._said(event, request.position) for event in earlier]
+        asked_about = request.data.get("doc_id")
+        if isinstance(asked_about, str):  # a request about one of the room's documents
+            said.append(await self._document_said(request.room_id, asked_about, request.position))
         return AIRequest(
             kind=request.type,
             user_id=request.user_id,
@@ -222,8 +239,21 @@ class Assistant:
             attached_files=tuple(f for f in files if isinstance(f, str))
             if isinstance(files, list)
             else (),
-            context=tuple(_said(event) for event in earlier if _said(event).text),
+            context=tuple(message for message in said if message.text),
         )
+
+    async def _said(self, event: RecordedEvent, upto: int) -> ContextMessage:
+        """One earlier message of the room as the model sees it; a generated document as its
+        text stands now (edited together since, it may be), as of the request."""
+        details = event.data.get("details")
+        doc = details.get("doc_id") if isinstance(details, dict) else None
+        if event.type in ANSWER_TYPES and isinstance(doc, str) and event.room_id is not None:
+            return await self._document_said(event.room_id, doc, upto)
+        return _said(event)
+
+    async def _document_said(self, room_id: str, doc_id: str, upto: int) -> ContextMessage:
+        document = await Documents.current(self._store, room_id, doc_id, upto)
+        return ContextMessage(ASSISTANT_ID, document.state.text)
 
     async def _stream(self, request: RecordedEvent, asked: AIRequest) -> str:
         """The whole answer; its pieces go to the room as they come, a few at a time."""
@@ -306,12 +336,17 @@ class Assistant:
             "provider": self.provider.name,
             "model": self.provider.model,
         }
+        seed: list[NewEvent] = []
         notify: list[NewEvent] = []
         if request.type == "documentation":
             title = document_title(asked, text)
+            doc_id = document_id(request)
             data["document"] = {"title": title, "format": "markdown", "content": text}
             data["message"] = f"Document ready: {title}"
-            notify.append(self._document_ready(request, title))
+            data["details"] = {"doc_id": doc_id}
+            # The document opens as a collaborative one of the room, its text the answer's.
+            seed.append(self._seed_document(request, doc_id, text))
+            notify.append(self._document_ready(request, title, doc_id))
         answer = NewEvent(
             room_stream(request.room_id),
             answer_type(request.type),
@@ -319,14 +354,25 @@ class Assistant:
             self._metadata(request, ASSISTANT_ID),
             answer_id(request),
         )
-        return [answer, *notify]
+        return [*seed, answer, *notify]
 
-    def _document_ready(self, request: RecordedEvent, title: str) -> NewEvent:
+    def _seed_document(self, request: RecordedEvent, doc_id: str, text: str) -> NewEvent:
+        assert request.room_id is not None
+        return NewEvent(
+            room_stream(request.room_id),
+            "doc_update",
+            {"doc_id": doc_id, "update": documents.encode(documents.seeded(text))},
+            self._metadata(request, ASSISTANT_ID),
+            uuid.uuid5(_NAMESPACE, f"{request.event_id}:document"),
+        )
+
+    def _document_ready(self, request: RecordedEvent, title: str, doc_id: str) -> NewEvent:
         assert request.user_id is not None
         details = {
             "kind": "document",
             "room_id": request.room_id,
             "title": title,
+            "doc_id": doc_id,
             "in_reply_to": request.position,
         }
         return NewEvent(

@@ -4,11 +4,13 @@ real HTTP server on loopback that speaks the OpenAI streaming protocol (tests/ai
 from __future__ import annotations
 
 import asyncio
+import base64
 import uuid
 from typing import Any
 
 import asyncpg
 import pytest
+from pycrdt import Doc, Text, get_update
 from pydantic import SecretStr
 
 from productflo.database import DatabaseUrl
@@ -459,3 +461,38 @@ async def test_an_answer_with_nul_and_wide_characters_is_stored_and_streamed_who
     streamed = _pieces(between, pending["event_id"])
     assert _text(streamed) == answer["data"]["message"], "no piece lost to the NOTIFY limit"
     assert len(streamed) > 3
+
+
+async def test_a_generated_document_opens_for_editing_and_haitch_reads_it_as_edited(
+    start_server: Any, connect_to: Any, fake_openai: FakeOpenAI
+) -> None:
+    """The documentation answer is a collaborative document of the room (SPEC section 7), its
+    text the answer's; asked again, the model reads the text as the room has edited it."""
+    fake_openai.answer(["Noted."])  # from the second request on
+    fake_openai.answer(["# Thermostat spec\n\n", "It keeps the room warm."], times=1)
+    server = start_server(**_openai(fake_openai))
+    room = _room()
+    alice = await connect_to(server, "/ws?user_id=alice")
+    await alice.join(room)
+    _, _, answer = await ask(alice, "documentation", room, "Spec for our thermostat")
+    doc_id = answer["data"]["details"]["doc_id"]
+    await alice.send({"code": "doc_open", "room_id": room, "data": {"doc_id": doc_id}})
+    sync = await alice.recv_code("doc_sync")
+    doc: Doc[Any] = Doc()
+    doc.apply_update(base64.b64decode(sync["data"]["update"]))
+    content = doc.get("content", type=Text)
+    assert str(content) == answer["data"]["document"]["content"]
+    assert str(content) == "# Thermostat spec\n\nIt keeps the room warm."
+
+    before = doc.get_state()
+    content += " Even at -30C."
+    edit = base64.b64encode(get_update(doc.get_update(), before)).decode()
+    await alice.send(
+        {"code": "doc_update", "room_id": room, "data": {"doc_id": doc_id, "update": edit}}
+    )
+    await alice.recv_code("doc_update")
+    await ask(alice, "haitch_chat", room, "Is the spec complete?")
+    await ask(alice, "haitch_chat", room, "And this one?", doc_id=doc_id)
+    for sent in fake_openai.requests[1:]:
+        prompt = "\n".join(m["content"] for m in sent.body["messages"])
+        assert "It keeps the room warm. Even at -30C." in prompt, "the document as edited"
