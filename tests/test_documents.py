@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import threading
-from collections.abc import Callable
 from typing import Any
 
 import asyncpg
@@ -470,9 +469,21 @@ async def test_awareness_reaches_the_other_editors_and_is_never_stored(
 
 
 async def test_the_http_api_lists_documents_and_gives_their_current_text(
-    connect: Any, server: ServerThread
+    start_server: Any, connect_to: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    alice = Editor(await connect("/ws?user_id=alice"))
+    """Both read what was delivered, however far behind the documents projection is: here it
+    is stalled before its first batch (SPEC section 6)."""
+    apply = Documents.apply
+
+    async def stalled(self: Documents, connection: Any, events: Any, suffix: str) -> None:
+        if suffix == "" and any(e.type == "doc_update" for e in events):
+            await asyncio.Event().wait()  # until the server stops and cancels it
+        await apply(self, connection, events, suffix)
+
+    monkeypatch.setattr(Documents, "apply", stalled)
+    monkeypatch.setattr("productflo.consumers.STOP_GRACE_SECONDS", 0.1)
+    server = start_server()
+    alice = Editor(await connect_to(server, "/ws?user_id=alice"))
     await alice.open()
     await alice.type("# Technical spec\n\nIt works.")
     await alice.take_updates(1)
@@ -482,26 +493,38 @@ async def test_the_http_api_lists_documents_and_gives_their_current_text(
         headers = _bearer(server, "reader")
         doc = (await http.get(f"/rooms/{ROOM}/docs/{DOC}", headers=headers)).json()
         assert doc["text"] == "# Technical spec\n\nIt works. Truly." and doc["version"] == 2
-        listed = await _eventually(
-            lambda: http.get(f"/rooms/{ROOM}/docs", headers=headers),
-            lambda body: body["docs"] and body["docs"][0]["version"] == 2,
-        )
-        [entry] = listed["docs"]
+        [entry] = (await http.get(f"/rooms/{ROOM}/docs", headers=headers)).json()["docs"]
         assert entry["doc_id"] == DOC and entry["title"] == "Technical spec"
+        assert entry["version"] == 2 and entry["updated_at"] == doc["updated_at"]
         assert (await http.get(f"/rooms/{ROOM}/docs/nope", headers=headers)).status_code == 404
         assert (await http.get(f"/rooms/{ROOM}/docs")).status_code == 401
         limited = {"Authorization": f"Bearer {mint(server.settings, 'x', rooms=['other'])}"}
         assert (await http.get(f"/rooms/{ROOM}/docs/{DOC}", headers=limited)).status_code == 403
+        assert (await http.get(f"/rooms/{ROOM}/docs", headers=limited)).status_code == 403
+    assert await _count(server, "SELECT count(*) FROM documents") == 0, "the projection ran"
 
 
-async def _eventually(read: Callable[[], Any], done: Callable[[Any], Any]) -> Any:
-    """Read until `done` (the projection catches up on its own schedule), within TIMEOUT."""
-    async with asyncio.timeout(10):
-        while True:
-            body = (await read()).json()
-            if done(body):
-                return body
-            await asyncio.sleep(0.05)
+async def test_the_listing_joins_the_projection_and_the_log_after_it(
+    connect: Any, server: ServerThread
+) -> None:
+    """Documents the projection has applied and updates it has not, counted once each."""
+    alice = Editor(await connect("/ws?user_id=alice"))
+    await alice.open()
+    await alice.type("# First\n")
+    [first] = await alice.take_updates(1)
+    await _projected(server, first["event_id"])
+    other = Editor(alice.client, doc_id="second")
+    await other.open()
+    await other.type("# Second\n")
+    await other.take_updates(1)
+    await alice.type("more")
+    await alice.take_updates(1)
+    async with httpx.AsyncClient(base_url=server.http) as http:
+        listed = (await http.get(f"/rooms/{ROOM}/docs", headers=_bearer(server, "a"))).json()
+    assert [(d["doc_id"], d["title"], d["version"]) for d in listed["docs"]] == [
+        (DOC, "First", 2),
+        ("second", "Second", 1),
+    ]
 
 
 async def _projected(server: ServerThread, position: int) -> None:

@@ -427,6 +427,19 @@ class EventStore:
         rows = await self._fetch(DOC_UPDATES, room_stream(room_id), doc_id, after, upto + 1)
         return [doc_update(row) for row in rows]
 
+    async def doc_activity(self, room_id: str, after: int) -> list[tuple[str, int, datetime]]:
+        """(doc id, position, time) of each update of the room's documents after `after`."""
+        rows = await self._fetch(
+            """
+            SELECT data->>'doc_id' AS doc, position, recorded_at FROM events
+            WHERE stream = $1 AND type = 'doc_update' AND position > $2
+            ORDER BY position
+            """,
+            room_stream(room_id),
+            after,
+        )
+        return [(row["doc"], row["position"], row["recorded_at"]) for row in rows]
+
     async def opened_docs(self, user_id: str, upto: int) -> set[tuple[str, str]]:
         """The documents (room, doc id) `user_id` opened at or before `upto`."""
         rows = await self._fetch(

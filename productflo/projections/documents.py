@@ -25,6 +25,7 @@ import asyncpg
 from productflo.audience import DOC_UPDATE
 from productflo.documents import State, title_of
 from productflo.envelopes import iso
+from productflo.events.checkpoints import checkpoint
 from productflo.events.models import JsonObject, RecordedEvent, room_stream
 from productflo.events.store import DOC_UPDATES, EventStore, doc_update
 from productflo.projections.framework import Connection, Projection, json_rows, read_rows
@@ -37,6 +38,14 @@ CACHED_STATES = 64
 class _Folding:
     state: State
     version: int  # the position of the last update the state holds
+
+
+@dataclass
+class _Listed:
+    title: str
+    last: int  # the position of its last update
+    updates: int
+    updated_at: datetime
 
 
 @dataclass(frozen=True)
@@ -85,17 +94,45 @@ class Documents(Projection):
 
     @staticmethod
     async def listed(store: EventStore, room_id: str) -> list[JsonObject]:
-        """The room's documents, most recently edited first (title, version: its count of
-        updates, and last edit as of the projection's checkpoint)."""
+        """The room's documents, most recently edited first: the projection's rows and, for
+        what it has not applied yet, the log (SPEC section 6: never behind what was delivered).
+        `version` is a document's count of updates."""
+        applied = await checkpoint(store.pool, Documents.name)
+        # Read after the checkpoint: a row the projection moves meanwhile holds every update of
+        # its document up to its `version`, so only the log's updates past that are added.
+        tail = await store.doc_activity(room_id, applied)
         rows = await read_rows(
             store,
-            """
-            SELECT doc_id, title, updates AS version, updated_at FROM documents
-            WHERE room_id = $1 ORDER BY updated_at DESC, doc_id
-            """,
+            "SELECT doc_id, title, version, updates, updated_at FROM documents WHERE room_id = $1",
             room_id,
         )
-        return [{**row, "updated_at": iso(row["updated_at"])} for row in rows]
+        found = {
+            row["doc_id"]: _Listed(row["title"], row["version"], row["updates"], row["updated_at"])
+            for row in rows
+        }
+        changed = set()
+        for doc_id, position, recorded_at in tail:
+            entry = found.setdefault(doc_id, _Listed("", 0, 0, recorded_at))
+            if position > entry.last:
+                entry.last, entry.updates, entry.updated_at = (
+                    position,
+                    entry.updates + 1,
+                    recorded_at,
+                )
+                changed.add(doc_id)
+        for doc_id in changed:  # their titles as they stand
+            current = await Documents.current(store, room_id, doc_id, found[doc_id].last)
+            found[doc_id].title = title_of(current.state.text)
+        listed = sorted(found.items(), key=lambda item: (-item[1].updated_at.timestamp(), item[0]))
+        return [
+            {
+                "doc_id": doc_id,
+                "title": entry.title,
+                "version": entry.updates,
+                "updated_at": iso(entry.updated_at),
+            }
+            for doc_id, entry in listed
+        ]
 
     @staticmethod
     async def current(store: EventStore, room_id: str, doc_id: str, upto: int) -> Document:
