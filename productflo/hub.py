@@ -349,11 +349,14 @@ class Hub:
         )
         outgoing = Outgoing(message)
         sender = payload.get("connection_id")
+        delivered = 0
         for member in self._openers(self._members.get(room, set()), room, doc):
             for session in self._sessions.get(member, ()):
                 # A signal, not an event: where the room's flag is not known, it is dropped.
                 if session.id != sender and self.access.may_read(session.identity, room):
                     session.deliver(outgoing)
+                    delivered += 1
+        metrics.DELIVERIES.inc(delivered)
 
     def _receive_typing(self, payload: dict[str, Any]) -> None:
         user, room = payload.get("user_id"), payload.get("room_id")

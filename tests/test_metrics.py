@@ -7,6 +7,7 @@ process's registry with every other test, so what is measured there is how a ser
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import re
 import socket
@@ -183,6 +184,26 @@ async def test_a_conversation_moves_each_series_as_a_user_would_expect(
         )
 
     await eventually(server, base, all_gone, "connections stayed counted after their clients left")
+
+
+async def test_relayed_signals_are_deliveries_too(server: ServerThread, connect: Any) -> None:
+    """Typing and document awareness are never stored, but each one relayed is a delivery."""
+    ann = await connect("/ws?user_id=ann")
+    sam = await connect("/ws?user_id=sam")
+    for client in (ann, sam):
+        await client.join(ROOM)
+        await client.send({"code": "doc_open", "room_id": ROOM, "data": {"doc_id": "notes"}})
+        await client.recv_code("doc_sync")
+    before = await scrape(server)
+    await ann.send({"code": "typing", "room_id": ROOM, "data": {"is_typing": True}})
+    await sam.recv_code("typing")
+    cursor = base64.b64encode(b'\x01\x2a\x01\x0b{"cursor":3}').decode()
+    awareness = {"doc_id": "notes", "update": cursor}
+    await ann.send({"code": "awareness", "room_id": ROOM, "data": awareness})
+    await sam.recv_code("awareness")
+    moved = Moves(before, await scrape(server))
+    assert moved("productflo_deliveries_total") == 2  # to sam, not back to ann
+    assert moved("productflo_inbound_messages_total", code="awareness") == 1
 
 
 async def test_ai_requests_in_flight_rise_while_asked_and_fall_once_answered(
