@@ -9,6 +9,8 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from tests.asyncapi import CheckedConnection
+
 TIMEOUT = 10.0
 
 
@@ -22,6 +24,8 @@ class Client:
         # A test often leaves messages unread; the client then stops reading the socket and
         # would wait its whole close timeout for the server's close frame behind them.
         options.setdefault("close_timeout", 1)
+        # Every frame both ways is held to docs/asyncapi.yaml (tests/asyncapi.py).
+        options.setdefault("create_connection", CheckedConnection)
         connection = await connect(url, open_timeout=TIMEOUT, **options)
         client = cls(connection, None)
         if expect_welcome:

@@ -26,7 +26,12 @@ from productflo.app import create_app
 from productflo.cli import websocket_options
 from productflo.database import DatabaseUrl, start_embedded
 from productflo.settings import Settings
+from tests import asyncapi
 from tests.client import Client
+
+# Every envelope the test clients send and receive is held to docs/asyncapi.yaml.
+pytest_runtest_call = asyncapi.pytest_runtest_call
+pytest_terminal_summary = asyncapi.pytest_terminal_summary
 
 TEMPLATE = "productflo_template"
 _counter = itertools.count()

@@ -18,6 +18,7 @@ from websockets.exceptions import ConnectionClosed
 
 from productflo.auth import mint
 from productflo.envelopes import WELCOME_MESSAGE
+from tests.asyncapi import SocketIOCheck
 from tests.conftest import ServerThread
 
 pytestmark = pytest.mark.anyio
@@ -32,8 +33,10 @@ class SioClient:
         self.sio = socketio.AsyncClient(reconnection=False)
         self.messages: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self.sio.on("message", self._on_message)
+        self.checks = SocketIOCheck()  # what it sends and receives, against docs/asyncapi.yaml
 
     async def _on_message(self, payload: dict[str, Any]) -> None:
+        self.checks.event(payload)
         await self.messages.put(payload["data"])
 
     async def recv(self, timeout: float = TIMEOUT) -> dict[str, Any]:
@@ -50,11 +53,15 @@ class SioClient:
         return await self.recv_until(lambda m: m["code"] == "chat_response")
 
     async def emit(self, data: Any) -> None:
+        self.checks.emitted(data)
         await self.sio.emit("message", data)
 
     async def call(self, data: Any) -> Any:
         """Emit with a callback; what the server acknowledged it with."""
-        return await self.sio.call("message", data, timeout=TIMEOUT)
+        self.checks.emitted(data)
+        answer = await self.sio.call("message", data, timeout=TIMEOUT)
+        self.checks.answered(answer)
+        return answer
 
 
 @pytest.fixture
