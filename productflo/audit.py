@@ -13,6 +13,10 @@ objects (SPEC section 3):
 - `user_id` is `metadata.user_id`, the user who sent the message; `room_id` is the room of a
   `room:<id>` stream, else null.
 - `recorded_at` is ISO 8601 in UTC with a `Z`.
+- A document's update (`doc_update`, SPEC section 7) also has `change`: what it did to the
+  document's text, as a Yjs delta (`[{"retain": 12}, {"insert": "warm"}, {"delete": 3}]`),
+  worked out by applying it to the document as it stood before it. With the filter `doc_id`
+  (and `room_id`), the audit is a document's edit history: who changed what, when.
 
 Paging is by cursor: `after` is the last `event_id` already seen; a page's `next_after` is its last
 `event_id` when more events match, else None. Positions only grow, so paging never skips or
@@ -24,6 +28,7 @@ may ask and what they are shown.
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -42,12 +47,15 @@ from pydantic import (
     model_validator,
 )
 
+from productflo.audience import DOC_UPDATE
+from productflo.documents import State
 from productflo.envelopes import Identifier, iso
 from productflo.errors import StoreError, StoreUnavailable
 from productflo.events.models import MAX_POSITION, JsonObject, RecordedEvent, room_stream
 from productflo.events.search import Match, read_matching
 from productflo.events.store import EventStore
 from productflo.jsontext import is_storable
+from productflo.projections.documents import state_before
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
@@ -103,6 +111,7 @@ class AuditFilter(BaseModel):
     room_id: Identifier | None = None
     user_id: UserId | None = None
     code: Code | None = None
+    doc_id: Identifier | None = None
     since: Timestamp | None = None
     until: Timestamp | None = None
     after: Annotated[int, Field(ge=0, le=MAX_POSITION)] = 0
@@ -193,13 +202,35 @@ async def _query(connection: _Connection, audit_filter: AuditFilter) -> AuditPag
         stream=room_stream(audit_filter.room_id) if audit_filter.room_id is not None else None,
         user_id=audit_filter.user_id,
         code=audit_filter.code,
+        doc_id=audit_filter.doc_id,
         since=audit_filter.since,
         until=audit_filter.until,
     )
     found = await read_matching(connection, match, audit_filter.limit + 1)
     events = [audit_object(event) for event in found[: audit_filter.limit]]
+    await _add_changes(connection, found[: audit_filter.limit], events)
     more = len(found) > audit_filter.limit
     return AuditPage(events, events[-1]["event_id"] if more else None)
+
+
+async def _add_changes(
+    connection: _Connection, found: list[RecordedEvent], events: list[JsonObject]
+) -> None:
+    """Give each document update of the page its `change`: each document is loaded once, as it
+    stood before its first update on the page, and the page's updates applied to it in order."""
+    states: dict[tuple[str, str], State] = {}
+    for event, shown in zip(found, events, strict=True):
+        doc = event.data.get("doc_id")
+        update = event.data.get("update")
+        if event.type != DOC_UPDATE or event.room_id is None or not isinstance(doc, str):
+            continue
+        key = (event.room_id, doc)
+        if key not in states:
+            states[key] = await state_before(connection, *key, event.position)
+        try:
+            shown["change"] = states[key].change(base64.b64decode(str(update)))
+        except ValueError:  # not an update (it could not have been appended): say nothing
+            shown["change"] = None
 
 
 # -- the table for people (`productflo audit --format table`) -------------------------------------
@@ -242,6 +273,8 @@ def summary(event: JsonObject) -> str:
     message = data.get("message") if isinstance(data, dict) else None
     if event["type"] == REJECTED and isinstance(data, dict):
         text = str(data.get("frame", ""))
+    elif event.get("change") is not None:
+        text = f"{data.get('doc_id')}: {describe_change(event['change'])}"
     elif isinstance(message, str):
         text = message
     elif not data:
@@ -249,6 +282,21 @@ def summary(event: JsonObject) -> str:
     else:
         text = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
     return _cut(" ".join(text.split()), SUMMARY_WIDTH)
+
+
+def describe_change(delta: list[JsonObject]) -> str:
+    """A Yjs text delta for people: `+"warm" at 12, -3 at 20`."""
+    parts, at = [], 0
+    for op in delta:
+        if "retain" in op:
+            at += int(op["retain"])
+        elif "insert" in op:
+            inserted = str(op["insert"])
+            parts.append(f"+{json.dumps(inserted, ensure_ascii=False)} at {at}")
+            at += len(inserted)
+        elif "delete" in op:
+            parts.append(f"-{op['delete']} at {at}")
+    return ", ".join(parts) or "no change to the text"
 
 
 def _table_line(cells: list[str], last: str) -> str:

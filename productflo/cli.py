@@ -72,6 +72,9 @@ def _parser() -> argparse.ArgumentParser:
         help="only this code: a message code (chat, join, ...) or the error code of a rejected "
         "message (INVALID_JSON, ...)",
     )
+    audit_parser.add_argument(
+        "--doc", help="only the events of this collaborative document (its edit history)"
+    )
     audit_parser.add_argument("--since", metavar="ISO", help="recorded at or after (ISO 8601; UTC)")
     audit_parser.add_argument("--until", metavar="ISO", help="recorded before (ISO 8601; UTC)")
     audit_parser.add_argument(
@@ -224,7 +227,7 @@ def _token_mint(args: argparse.Namespace) -> int:
     return 0
 
 
-_AUDIT_OPTIONS = {"room_id": "--room", "user_id": "--user"}
+_AUDIT_OPTIONS = {"room_id": "--room", "user_id": "--user", "doc_id": "--doc"}
 
 
 def _audit(args: argparse.Namespace) -> int:
@@ -252,6 +255,7 @@ def _audit_filter(args: argparse.Namespace) -> audit.AuditFilter:
             room_id=args.room,
             user_id=args.user,
             code=args.code,
+            doc_id=args.doc,
             since=args.since,
             until=args.until,
             after=args.after,

@@ -23,6 +23,8 @@ from typing import Any
 
 from pycrdt import Doc, Text, get_state, get_update
 
+from productflo.events.models import JsonObject
+
 TEXT = "content"  # the Y.Text a document's text lives in (SPEC section 7)
 TITLE_CHARS = 120
 # The client id the server writes seeded documents with: the largest a Yjs client id can be
@@ -100,6 +102,18 @@ class State:
     @property
     def text(self) -> str:
         return str(self._doc.get(TEXT, type=Text))
+
+    def change(self, update: bytes) -> list[JsonObject]:
+        """Apply `update`; return what it did to the text, as a Yjs delta
+        (`[{"retain": 5}, {"insert": "abc"}, {"delete": 2}]`): who changed what, for the audit."""
+        deltas: list[JsonObject] = []
+        content = self._doc.get(TEXT, type=Text)
+        subscription = content.observe(lambda event: deltas.extend(event.delta))
+        try:
+            self._doc.apply_update(update)
+        finally:
+            content.unobserve(subscription)
+        return [dict(delta) for delta in deltas]
 
     def missing(self, state_vector: bytes | None) -> bytes:
         """What a client with `state_vector` lacks (everything when it has none)."""

@@ -20,6 +20,7 @@ from productflo.auth import mint
 from productflo.events.store import connect as connect_database
 from tests.conftest import ServerThread
 from tests.test_cli import clean_environment, run
+from tests.test_documents import Editor
 
 pytestmark = pytest.mark.anyio
 
@@ -416,3 +417,51 @@ async def test_the_cli_refuses_bad_options_naming_them(
     assert done.returncode == 2
     assert "--since" in done.stderr and "--limit" in done.stderr
     assert done.stdout == ""
+
+
+async def test_a_documents_edit_history_says_who_changed_what_and_when(
+    connect: Any, server: ServerThread, tmp_path: Path
+) -> None:
+    """The audit filtered by document: its opens and updates, each update with what it did to
+    the text, by whom; the CLI's table says it in words."""
+    alice = Editor(await connect("/ws?user_id=alice"), doc_id="spec", room="design")
+    bob = Editor(await connect("/ws?user_id=bob"), doc_id="spec", room="design")
+    elsewhere = Editor(alice.client, doc_id="other", room="design")
+    await alice.open()
+    await bob.open()
+    await alice.type("hello world")
+    await alice.take_updates(1)
+    await bob.take_updates(1)
+    await elsewhere.open()
+    await elsewhere.type("not this one")
+    await elsewhere.take_updates(1)
+    await bob.type(" and bob", at=5)
+    await alice.take_updates(1)
+    alice.text.__delitem__(slice(0, 1))
+    await alice.flush()
+    await bob.take_updates(2)
+    assert str(bob.text) == "ello and bob world"
+
+    history = await _events(server, room_id="design", doc_id="spec")
+    assert [(e["type"], e["user_id"]) for e in history] == [
+        ("doc_open", "alice"),
+        ("doc_open", "bob"),
+        ("doc_update", "alice"),
+        ("doc_update", "bob"),
+        ("doc_update", "alice"),
+    ]
+    assert [e.get("change") for e in history[2:]] == [
+        [{"insert": "hello world"}],
+        [{"retain": 5}, {"insert": " and bob"}],
+        [{"delete": 1}],
+    ]
+    # Paged from the middle: the document as it stood before the page is worked out.
+    later = await _events(server, room_id="design", doc_id="spec", after=history[3]["event_id"])
+    assert later[0]["change"] == [{"delete": 1}]
+
+    done = await _audit(server, tmp_path, "--room", "design", "--doc", "spec")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()[1:]
+    assert len(lines) == 5
+    assert 'spec: +" and bob" at 5' in lines[3] and "bob" in lines[3].split()
+    assert "spec: -1 at 0" in lines[4]

@@ -40,6 +40,7 @@ class Match:
     stream: str | None = None
     user_id: str | None = None
     code: str | None = None
+    doc_id: str | None = None  # a collaborative document's `data.doc_id`
     since: datetime | None = None
     until: datetime | None = None
 
@@ -92,6 +93,8 @@ def _select(match: Match, after: int, last: int | None, limit: int) -> tuple[str
         condition("metadata->>'user_id' = {}", match.user_id)
     if match.code is not None:
         condition(f"{CODE_SQL} = {{}}", match.code)
+    if match.doc_id is not None:
+        condition("data->>'doc_id' = {}", match.doc_id)
     if match.since is not None:
         condition("recorded_at >= {}", match.since)
     if match.until is not None:

@@ -245,6 +245,24 @@ class Documents(Projection):
         )
 
 
+async def state_before(connection: Connection, room_id: str, doc_id: str, before: int) -> State:
+    """A document as it stood before position `before`: from the projection's snapshot when it
+    is older than that (and the projection has a table), else from the document's first update."""
+    try:
+        rows = await connection.fetch(
+            """
+            SELECT snapshot, snapshot_through FROM documents
+            WHERE room_id = $1 AND doc_id = $2 AND snapshot_through < $3
+            """,
+            room_id,
+            doc_id,
+            before,
+        )
+    except asyncpg.UndefinedTableError:  # the projection never ran on this database
+        rows = []
+    return await _load(connection, (room_id, doc_id), rows[0] if rows else None, before)
+
+
 async def _load(
     connection: Connection, key: tuple[str, str], row: asyncpg.Record | None, before: int
 ) -> State:

@@ -33,8 +33,9 @@ async def audit_events(
 ) -> JsonObject:
     """Events from the log, oldest first: `{"events": [...], "next_after": event_id or null}`.
 
-    Filters: `room_id`, `user_id`, `code`, `since`, `until` (ISO 8601); paging: `after` (the
-    last event id seen) and `limit` (1..1000, default 100). See productflo/audit.py.
+    Filters: `room_id`, `user_id`, `code`, `doc_id`, `since`, `until` (ISO 8601); paging:
+    `after` (the last event id seen) and `limit` (1..1000, default 100). See
+    productflo/audit.py.
     """
     try:
         page = await audit.query(request.app.state.store, audit_filter)
