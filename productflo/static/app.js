@@ -2,6 +2,8 @@
 // native WebSocket protocol (docs/protocol.md). Plain modules, no build step.
 
 import {Connection, RESEND, State} from './connection.js';
+import {DocsPanel} from './docpanel.js';
+import {DOC_CODES} from './docs.js';
 import {RoomView} from './room.js';
 
 const ASKS = {'/haitch': 'haitch_chat', '/idea': 'idea', '/doc': 'documentation', '/eng': 'engineering'};
@@ -81,19 +83,22 @@ class Client {
       onState: (state, detail) => this.stateChanged(state, detail),
       onStop: (code) => this.stopped(code),
     });
+    this.docs = new DocsPanel(this);
   }
 
-  start(requestedRoom) {
+  start(requestedRoom, requestedDoc) {
     for (const item of this.store.get().inbox || []) this.notifications.set(item.event_id, item);
     for (const message of this.connection.outbox.values()) this.showUnsent(message);
     const room = requestedRoom || this.store.get().openRoom;
     if (room) this.openRoom(room, {join: Boolean(requestedRoom)});
+    if (room && requestedDoc) this.docs.open(room, requestedDoc, {focus: false});
     this.renderInbox();
     if (this.identity.kind === 'token') this.fetchInbox();
     this.connection.start();
   }
 
   stop() {
+    this.docs.stop();
     this.connection.close();
     clearTimeout(this.typingIdle);
   }
@@ -101,7 +106,10 @@ class Client {
   room(id) {
     let room = this.rooms.get(id);
     if (!room) {
-      room = new RoomView(id, this.me, {needOlder: (view) => this.loadOlder(view)});
+      room = new RoomView(id, this.me, {
+        needOlder: (view) => this.loadOlder(view),
+        openDoc: (docId) => this.docs.open(id, docId),
+      });
       this.rooms.set(id, room);
       $('logs').append(room.list);
       this.renderRooms();
@@ -149,6 +157,7 @@ class Client {
     indicator.dataset.state = state;
     indicator.textContent = text;
     $('catching-up').hidden = state !== State.CATCHING_UP;
+    this.docs.stateChanged(state);
     const label = state === State.LIVE ? 'sending…' : 'waiting to send';
     for (const room of this.rooms.values()) room.labelUnsent(label);
   }
@@ -170,6 +179,7 @@ class Client {
     if (message.code === 'history') return this.historyPage(message);
     if (message.code === 'typing') return this.typingSignal(message);
     if (message.code === 'notification') return this.notified(message);
+    if (DOC_CODES.has(message.code)) return this.docs.received(message);
     if (message.code === 'logs') {
       const room = message.room_id && this.room(message.room_id);
       if (!room) return;
@@ -184,6 +194,7 @@ class Client {
       room.member = details.action === 'join';
     }
     const isNew = room.add(message, 'live');
+    this.documentSeen(message);
     if (message.code === 'chat_response' || message.code === 'system') this.stopTyping(room, message.user_id);
     if (isNew && roomId !== this.open && message.user_id !== this.me && !details.action) {
       room.unread += 1;
@@ -203,6 +214,7 @@ class Client {
       read.setMore('');
     }
     if (outgoing && RESEND.has(code)) return; // not stored: the connection sends it again
+    if (outgoing && DOC_CODES.has(outgoing.code)) return this.docs.refused(message);
     const roomId = (outgoing && outgoing.room_id) || (read && read.id) || this.open;
     if (!roomId) return;
     const room = this.room(roomId);
@@ -213,8 +225,16 @@ class Client {
     this.reads.delete(message.client_msg_id);
     const room = this.room(message.room_id);
     room.page(message.data);
+    for (const event of message.data.events || []) this.documentSeen(event);
     this.renderRooms();
     if (room.wantsMore()) this.loadOlder(room);
+  }
+
+  // An assistant's document is one of the room's collaborative documents.
+  documentSeen(message) {
+    const docId = ((message.data && message.data.details) || {}).doc_id;
+    if (message.code !== 'documentation_response' || typeof docId !== 'string') return;
+    this.docs.seen(message.room_id, docId, (message.data.document || {}).title);
   }
 
   // -- rooms
@@ -229,12 +249,14 @@ class Client {
     $('room-title').textContent = id;
     $('no-room').hidden = true;
     $('leave').hidden = false;
+    $('docs-toggle').hidden = false;
     $('composer-text').disabled = false;
     $('composer-send').disabled = false;
     this.renderTyping();
     this.renderRooms();
     if (this.connection.userId !== null) this.loadNewest(room);
     room.list.scrollTop = room.list.scrollHeight;
+    this.docs.roomOpened(id);
   }
 
   loadNewest(room) {
@@ -427,6 +449,7 @@ class Client {
         button.addEventListener('click', () => {
           showInbox(false);
           this.openRoom(roomId);
+          if (typeof n.details.doc_id === 'string') this.docs.open(roomId, n.details.doc_id);
         });
       }
       item.append(button);
@@ -470,7 +493,7 @@ function showInbox(show) {
   }
 }
 
-function signIn(identity, room) {
+function signIn(identity, room, doc) {
   localStorage.setItem(IDENTITY_KEY, JSON.stringify(identity));
   $('sign-in').hidden = true;
   $('workspace').hidden = false;
@@ -479,8 +502,8 @@ function signIn(identity, room) {
     ? `Signed in as ${identity.user}`
     : `${identity.user} (guest)`;
   client = new Client(identity);
-  client.start(room);
-  if (client.open) $('composer-text').focus();
+  client.start(room, doc);
+  if (client.open && !client.docs.shown) $('composer-text').focus();
 }
 
 function signOut(error = '') {
@@ -491,6 +514,7 @@ function signOut(error = '') {
   $('no-room').hidden = false;
   $('room-title').textContent = 'No room open';
   $('leave').hidden = true;
+  $('docs-toggle').hidden = true;
   $('typing').textContent = '';
   $('composer-text').disabled = true;
   $('composer-send').disabled = true;
@@ -557,10 +581,37 @@ function wire() {
     event.preventDefault();
     if (client && client.submit(box.value)) box.value = '';
   });
+  wireDocs();
   $('inbox-button').addEventListener('click', () => showInbox($('inbox').hidden));
   $('inbox-close').addEventListener('click', () => showInbox(false));
   addEventListener('keydown', (event) => {
     if (event.key === 'Escape' && !$('inbox').hidden) showInbox(false);
+  });
+}
+
+function wireDocs() {
+  $('docs-toggle').addEventListener('click', () => client && client.docs.toggle());
+  $('docs-close').addEventListener('click', () => {
+    if (!client) return;
+    client.docs.showPanel(false);
+    $('docs-toggle').focus();
+  });
+  $('doc-new').addEventListener('submit', (event) => {
+    event.preventDefault();
+    if (client && client.docs.create($('doc-name').value)) $('doc-name').value = '';
+  });
+  $('doc-close').addEventListener('click', () => {
+    if (!client) return;
+    client.docs.close();
+    $('doc-name').focus();
+  });
+  const editor = $('doc-text');
+  editor.addEventListener('input', () => client && client.docs.typed());
+  for (const name of ['select', 'keyup', 'mouseup', 'focus']) {
+    editor.addEventListener(name, () => client && client.docs.moved());
+  }
+  document.addEventListener('selectionchange', () => {
+    if (client && document.activeElement === editor) client.docs.moved();
   });
 }
 
@@ -569,9 +620,10 @@ function main() {
   const params = new URLSearchParams(location.search);
   const linked = params.get('user_id');
   const room = params.get('room');
-  if (linked && USER_ID.test(linked)) return signIn({kind: 'guest', user: linked}, room);
+  const doc = params.get('doc');
+  if (linked && USER_ID.test(linked)) return signIn({kind: 'guest', user: linked}, room, doc);
   const saved = loadJson(IDENTITY_KEY, null);
-  if (saved && saved.user) return signIn(saved, room);
+  if (saved && saved.user) return signIn(saved, room, doc);
   showSignIn('');
 }
 

@@ -37,6 +37,9 @@ export class Connection {
     this.logId = saved.logId ?? null;
     this.outbox = new Map((saved.outbox || []).map((m) => [m.client_msg_id, m]));
     this.requests = new Map(); // reads (history) waiting for their answer: resent on reconnect
+    // Outbox messages that never went out from this page: one of them can still be amended (a
+    // document's offline edits merged into one update). Those loaded from storage may have gone.
+    this.untransmitted = new Set();
     this.socket = null;
     this.userId = null;
     this.attempt = 0;
@@ -209,6 +212,7 @@ export class Connection {
   transmit(message) {
     if (this.socket && this.socket.readyState === WebSocket.OPEN) {
       this.socket.send(JSON.stringify(message));
+      this.untransmitted.delete(message.client_msg_id);
     }
   }
 
@@ -216,9 +220,19 @@ export class Connection {
   send(envelope) {
     const message = {client_msg_id: newId(), ...envelope};
     this.outbox.set(message.client_msg_id, message);
+    this.untransmitted.add(message.client_msg_id);
     this.save();
     if (this.live) this.transmit(message);
     return message.client_msg_id;
+  }
+
+  // Change a message of the outbox that has not gone out yet: `change(message)` gives its new
+  // version, under the same client_msg_id. False when it has gone (or may have): send another.
+  amend(id, change) {
+    if (!this.untransmitted.has(id) || !this.outbox.has(id)) return false;
+    this.outbox.set(id, {...change(this.outbox.get(id)), client_msg_id: id});
+    this.save();
+    return true;
   }
 
   // A read (history): answered at any time after the welcome, asked again after a reconnect.

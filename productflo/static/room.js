@@ -45,7 +45,7 @@ export class RoomView {
   constructor(id, me, hooks) {
     this.id = id;
     this.me = me;
-    this.hooks = hooks; // {needOlder(room)}
+    this.hooks = hooks; // {needOlder(room), openDoc(docId)}
     this.list = document.createElement('ol');
     this.list.className = 'messages';
     this.list.setAttribute('role', 'log');
@@ -273,6 +273,16 @@ export class RoomView {
     this.place(answer.line, message.event_id);
     const request = this.byEvent.get(data.in_reply_to.event_id);
     if (request) this.note(request, 'progress', '');
+    const docId = (data.details || {}).doc_id;
+    if (typeof docId === 'string' && !answer.line.querySelector('.open-doc')) {
+      const button = document.createElement('button');
+      button.type = 'button';
+      button.className = 'open-doc';
+      button.textContent = 'Edit together';
+      button.setAttribute('aria-label', `Edit ${data.document ? data.document.title : docId} together`);
+      button.addEventListener('click', () => this.hooks.openDoc(docId));
+      answer.line.append(button);
+    }
   }
 
   show(answer, text) {

@@ -81,6 +81,19 @@ class ChatPage:
         )
 
 
+def alice_and_bob(
+    server: ServerThread, new_context: Any, room: str
+) -> tuple[Any, ChatPage, Any, ChatPage]:
+    """alice's browser profile and her page, bob's and his, both in `room` and live."""
+    alices = new_context()
+    alice = ChatPage.open(alices, server, "alice", room)
+    bobs = new_context()
+    bob = ChatPage.open(bobs, server, "bob", room)
+    alice.expect_live()
+    bob.expect_live()
+    return alices, alice, bobs, bob
+
+
 def run_async(coroutine: Coroutine[Any, Any, None]) -> None:
     """Run `coroutine` to its end on a thread of its own: Playwright's loop owns this one."""
     failure: list[BaseException] = []

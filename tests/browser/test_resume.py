@@ -8,7 +8,7 @@ from typing import Any
 
 from playwright.sync_api import expect
 
-from tests.browser.chat_page import RECORD_STATES, ChatPage, run_async, seed
+from tests.browser.chat_page import RECORD_STATES, ChatPage, alice_and_bob, run_async, seed
 from tests.conftest import ServerThread
 
 
@@ -26,11 +26,7 @@ def _alice_and_bob(
     server: ServerThread, new_context: Any, room: str
 ) -> tuple[Any, ChatPage, ChatPage]:
     """alice's browser profile, her page and bob's, both in `room` and live."""
-    alices = new_context()
-    alice = ChatPage.open(alices, server, "alice", room)
-    bob = ChatPage.open(new_context(), server, "bob", room)
-    alice.expect_live()
-    bob.expect_live()
+    alices, alice, _, bob = alice_and_bob(server, new_context, room)
     return alices, alice, bob
 
 
