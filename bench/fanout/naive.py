@@ -31,29 +31,35 @@ rooms: defaultdict[str, set[WebSocket]] = defaultdict(set)
 last_event_id = 0
 
 
-def envelope(code: str, user: str, room: str | None, data: dict[str, Any]) -> str:
+def envelope(
+    code: str, user: str, room: str | None, data: dict[str, Any], client_msg_id: Any = None
+) -> str:
+    """The JSON text of a success envelope with the next event id (and the client_msg_id it
+    answers, when given)."""
     global last_event_id
     last_event_id += 1
     stamp = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    return json.dumps(
-        {
-            "status": "success",
-            "code": code,
-            "user_id": user,
-            "room_id": room,
-            "timestamp": stamp,
-            "data": data,
-            "event_id": last_event_id,
-        }
-    )
+    message = {
+        "status": "success",
+        "code": code,
+        "user_id": user,
+        "room_id": room,
+        "timestamp": stamp,
+        "data": data,
+        "event_id": last_event_id,
+    }
+    if client_msg_id is not None:
+        message["client_msg_id"] = client_msg_id
+    return json.dumps(message)
 
 
-async def broadcast(room: str, text: str) -> None:
-    for member in list(rooms[room]):
+async def broadcast(members: set[WebSocket], text: str) -> None:
+    """Write `text` to each of `members` in turn, forgetting those that have gone."""
+    for member in list(members):
         try:
             await member.send_text(text)
         except (WebSocketDisconnect, RuntimeError):
-            rooms[room].discard(member)
+            members.discard(member)
 
 
 @app.websocket("/ws")
@@ -70,10 +76,10 @@ async def chat(websocket: WebSocket, user_id: str) -> None:
                 rooms[room].add(websocket)
                 details = {"action": "join", "user_id": user_id, "room_id": room}
                 text = envelope("system", user_id, room, {"message": "joined", "details": details})
-                await broadcast(room, text)
+                await broadcast(rooms[room], text)
             if inbound.get("code") == "chat":
                 data = {"message": inbound.get("data", {}).get("message"), "sender": user_id}
-                await broadcast(room, envelope("chat_response", user_id, room, data))
+                await broadcast(rooms[room], envelope("chat_response", user_id, room, data))
     except WebSocketDisconnect:
         pass
     finally:
@@ -81,16 +87,18 @@ async def chat(websocket: WebSocket, user_id: str) -> None:
             rooms[room].discard(websocket)
 
 
-@app.get("/readyz")
 async def ready() -> dict[str, str]:
     return {"status": "ok"}
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.fanout.naive", description=__doc__)
+def serve(served: FastAPI, argv: list[str] | None, prog: str, description: str | None) -> int:
+    """Run a baseline server as `productflo serve` runs by default, on --port, one process, with
+    GET /readyz (the docs benchmark's relay runs this way too)."""
+    served.get("/readyz")(ready)
+    parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--port", type=int, default=8000)
     uvicorn.run(
-        app,
+        served,
         host="127.0.0.1",
         port=parser.parse_args(argv).port,
         ws="websockets-sansio",
@@ -100,6 +108,10 @@ def main(argv: list[str] | None = None) -> int:
         log_config=logs.config(),
     )
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return serve(app, argv, "python -m bench.fanout.naive", __doc__)
 
 
 if __name__ == "__main__":
