@@ -106,46 +106,18 @@ class LiveEditor(Editor):
         self.unacked: set[str] = set()
         self.errors: list[dict[str, Any]] = []
         self._changed = asyncio.Condition()
-        self._failure: Exception | None = None
 
-    @asynccontextmanager
-    async def reading(self) -> AsyncIterator[None]:
-        """While the block runs, what comes is applied (and a failure to read fails the waits)."""
-        task = asyncio.create_task(self._read())
-        try:
-            yield
-        finally:
-            task.cancel()
-            await asyncio.wait([task])
-
-    async def _read(self) -> None:
-        try:
-            while True:
-                self._take(await self.client.recv(timeout=3 * TIMEOUT))
-                async with self._changed:
-                    self._changed.notify_all()
-        except Exception as error:
-            self._failure = error
+    async def read(self) -> None:
+        while True:
+            message = await self.client.recv(timeout=3 * TIMEOUT)
+            if message["status"] == "error":
+                self.errors.append(message)
+            elif message["code"] == "doc_update" and message["data"]["doc_id"] == self.doc_id:
+                self.receive(message)
+                if message["user_id"] == self.client.user_id:
+                    self.unacked.discard(message.get("client_msg_id", ""))
             async with self._changed:
                 self._changed.notify_all()
-            raise
-
-    def _take(self, message: dict[str, Any]) -> None:
-        if message["status"] == "error":
-            self.errors.append(message)
-        elif message["code"] == "doc_update" and message["data"]["doc_id"] == self.doc_id:
-            self.receive(message)
-            if message["user_id"] == self.client.user_id:
-                self.unacked.discard(message.get("client_msg_id", ""))
-
-    async def _until(self, done: Callable[[], bool]) -> None:
-        def checked() -> bool:
-            if self._failure is not None:
-                raise AssertionError(f"the pycrdt editor stopped reading: {self._failure!r}")
-            return done()
-
-        async with self._changed:
-            await self._changed.wait_for(checked)
 
     async def edit(self, edits: int) -> dict[str, int]:
         """`edits` small edits at random positions, each sent as it is made; what was typed."""
@@ -184,11 +156,13 @@ class LiveEditor(Editor):
             covered = covers(self.doc.get_state(), target.state_vector)
             return not self.unacked and covered and str(self.text) == target.text
 
-        await self._until(done)
+        async with self._changed:
+            await self._changed.wait_for(done)
         return {"text": str(self.text), "errors": self.errors}
 
     async def acknowledged(self) -> None:
-        await self._until(lambda: not self.unacked)
+        async with self._changed:
+            await self._changed.wait_for(lambda: not self.unacked)
 
 
 async def _converge(nodes: list[NodeEditor], pycrdt: LiveEditor) -> State:
@@ -213,30 +187,16 @@ def _holding(target: State) -> dict[str, str]:
     return {"state_vector": b64(target.state_vector), "text": target.text}
 
 
-async def _column(database: DatabaseUrl, query: str) -> list[Any]:
+async def _doc_update_users(database: DatabaseUrl) -> list[str]:
     connection = await asyncpg.connect(database.dsn)
     try:
-        return [row[0] for row in await connection.fetch(query)]
+        rows = await connection.fetch(
+            "SELECT metadata->>'user_id' AS user_id FROM events WHERE type = 'doc_update'"
+            " ORDER BY position"
+        )
     finally:
         await connection.close()
-
-
-DOC_UPDATE_USERS = (
-    "SELECT metadata->>'user_id' FROM events WHERE type = 'doc_update' ORDER BY position"
-)
-SNAPSHOT_THROUGH = "SELECT snapshot_through FROM documents"
-CAUGHT_UP = """
-    SELECT (SELECT position FROM projection_checkpoints WHERE name = 'documents')
-           >= (SELECT max(position) FROM events)
-"""
-
-
-async def _projected(database: DatabaseUrl) -> None:
-    """Wait for the servers' documents projection to reach the end of the log (it has no
-    event to wait for: read its checkpoint until it does, within TIMEOUT)."""
-    async with asyncio.timeout(TIMEOUT):
-        while await _column(database, CAUGHT_UP) != [True]:
-            await asyncio.sleep(0.05)
+    return [row["user_id"] for row in rows]
 
 
 async def _current(database: DatabaseUrl) -> tuple[bytes, str, int]:
@@ -264,23 +224,21 @@ async def test_yjs_and_pycrdt_editors_converge_through_two_processes_one_offline
         await ana.do("connect", url=one.ws)
         await ben.do("connect", url=two.ws)
         await cy.open()
+        reader = asyncio.create_task(cy.read())
         try:
-            async with cy.reading():
-                await _edit_offline_and_converge(one.ws, two.ws, ana, ben, cy)
-                final = await _converge([ana, ben], cy)
-                stopped = [await editor.do("stop") for editor in (ana, ben)]
+            await _edit_offline_and_converge(one.ws, two.ws, ana, ben, cy)
+            final = await _converge([ana, ben], cy)
+            stopped = [await editor.do("stop") for editor in (ana, ben)]
         finally:
+            reader.cancel()
             await cy.client.close()
     assert [*(editor["text"] for editor in stopped), str(cy.text)] == [final.text] * 3
     assert all(covers(base64.b64decode(e["state_vector"]), final.state_vector) for e in stopped)
 
-    users = await _column(database_url, DOC_UPDATE_USERS)
+    users = await _doc_update_users(database_url)
     assert sorted(set(users)) == ["ana", "ben", "cy"] and len(users) == 9 * EDITS
-    # Editors taking turns would switch about ten times (ben's offline edits go in one run);
-    # these take turns every few edits.
     switches = sum(a != b for a, b in itertools.pairwise(users))
-    print(f"{switches} switches between editors in {len(users)} updates")
-    assert switches >= 40, f"the edits hardly interleaved: {switches} switches"
+    assert switches > len(users) / 4, f"the edits hardly interleaved: {switches} switches"
 
     settings = Settings(jwt_secret=SecretStr(env["PRODUCTFLO_JWT_SECRET"]))
     headers = {"Authorization": f"Bearer {mint(settings, 'reader')}"}
@@ -290,11 +248,8 @@ async def test_yjs_and_pycrdt_editors_converge_through_two_processes_one_offline
     encoded, text, version = await _current(database_url)
     assert text == final.text and version == len(users)
 
-    await _projected(database_url)
-    [live_snapshot] = await _column(database_url, SNAPSHOT_THROUGH)
     rebuilt = await asyncio.to_thread(run, env, "projections", "rebuild", "documents")
     assert rebuilt.returncode == 0, rebuilt.stderr
-    assert await _column(database_url, SNAPSHOT_THROUGH) != [live_snapshot], "the same snapshot"
     assert await _current(database_url) == (encoded, text, version), "not byte-equal"
 
 

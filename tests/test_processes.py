@@ -19,10 +19,12 @@ import asyncpg
 import httpx
 import psutil
 import pytest
+import socketio
 from websockets.exceptions import ConnectionClosed
 
 from productflo import migrate
 from productflo.database import DatabaseUrl, EmbeddedPostgres, start_embedded
+from productflo.envelopes import WELCOME_MESSAGE as WELCOME
 from productflo.settings import Settings
 from tests.ai.fake_openai import FakeOpenAI, fake_openai_fixture  # noqa: F401
 from tests.client import Client
@@ -594,3 +596,72 @@ async def test_a_server_outlives_postgresql_stopping_and_recovers_when_it_starts
 
     assert [row["message"] for row in await _stored_chats(own_postgres.url)] == ["before", "after"]
     assert await asyncio.to_thread(server.stop)
+
+
+class _ReconnectingSio(SioClient):
+    """A Socket.IO client that reconnects by itself, as socket.io-client does by default."""
+
+    def __init__(self, auth: Any) -> None:
+        super().__init__()
+        self.sio = socketio.AsyncClient(
+            reconnection=True, reconnection_delay=0.1, reconnection_delay_max=0.5
+        )
+        self.sio.on("message", self._on_message)
+        self.auth = auth
+
+
+async def test_sigterm_acknowledges_socketio_messages_then_the_client_reconnects_by_itself(
+    launch: Any, database_url: DatabaseUrl, tmp_path: Path
+) -> None:
+    """A Socket.IO client on the websocket transport is shut down like a native one: what the
+    server took is committed and acknowledged (its callbacks answered), the last envelope says
+    1012, and the connection is closed below Socket.IO, so the client reconnects by itself."""
+    env = _environment(database_url, tmp_path)
+    first = launch(env, "--no-migrate")
+    await _ready(first)
+    seen = {"last": 0}
+    client = _ReconnectingSio(auth=lambda: {"last_event_id": seen["last"]})
+    await client.sio.connect(
+        first.url,
+        socketio_path="/ws",
+        transports=["websocket"],
+        headers={"User-ID": "alice"},
+        auth=client.auth,
+        wait_timeout=TIMEOUT,
+    )
+    try:
+        welcome = await client.recv(TIMEOUT)
+        seen["last"] = welcome["data"]["details"]["last_event_id"]
+
+        async def send(n: int) -> dict[str, Any] | None:
+            message = {"code": "chat", "room_id": ROOM, "client_msg_id": f"m-{n}",
+                       "data": {"message": f"in flight {n}"}}  # fmt: skip
+            try:
+                answer: dict[str, Any] = await client.call(message)
+            except socketio.exceptions.TimeoutError:
+                return None  # the connection went before its answer: not acknowledged
+            return answer
+
+        first_answer = await send(0)
+        assert first_answer is not None and first_answer["status"] == "success"
+        sending = [asyncio.create_task(send(n)) for n in range(1, 21)]
+        first.process.send_signal(signal.SIGTERM)
+        closing = await client.recv_until(
+            lambda m: m["data"].get("details", {}).get("close_code") is not None, TIMEOUT
+        )
+        assert closing["data"]["details"]["close_code"] == 1012
+        answers = [first_answer, *await asyncio.gather(*sending)]
+        acked = {a["client_msg_id"]: a["event_id"] for a in answers if a is not None}
+        graceful = await asyncio.to_thread(first.stop)
+        assert graceful, first.output()
+        stored = {r["client_msg_id"]: r["position"] for r in await _stored_chats(database_url)}
+        assert stored == acked, "everything the log took was acknowledged, and nothing else"
+        seen["last"] = max(acked.values())
+
+        second = launch(env, "--no-migrate", "--port", str(first.port))
+        second.port = first.port
+        await _ready(second)
+        again = await client.recv_until(lambda m: m["data"].get("message") == WELCOME, TIMEOUT)
+        assert again["data"]["details"]["user_id"] == "alice"
+    finally:
+        await client.sio.disconnect()

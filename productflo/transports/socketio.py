@@ -24,13 +24,14 @@ over HTTP long-polling the last envelope says so (`closing_envelope`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from http.cookies import SimpleCookie
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import parse_qs
 
 import engineio.async_drivers.asgi
@@ -57,6 +58,8 @@ from productflo.settings import Settings
 from productflo.transports import wire
 
 log = logging.getLogger(__name__)
+
+CLOSE_FLUSH_SECONDS = 5.0  # longest a closing socket waits for what is queued to be written
 
 PATH = "/ws"
 OPEN_TIMEOUT = 10.0  # longest wait for the Socket.IO handshake to finish before the welcome
@@ -165,6 +168,7 @@ class _Server(socketio.AsyncServer):  # type: ignore[misc]
     def __init__(self, **options: Any) -> None:
         super().__init__(json=PacketJson, **options)
         self.connections: dict[str, _Connection] = {}
+        self.websockets: dict[str, _FramesWebSocket] = {}  # by Engine.IO sid, while open
 
     async def _handle_event(
         self, eio_sid: str, namespace: str | None, id: int | None, data: Any
@@ -220,7 +224,17 @@ class SocketIOTransport:
         await self.send([Outgoing(closing_envelope(code, reason))])
         # Disconnecting runs the disconnect handler, which finishes the session (and so cancels
         # the writer task calling this): let it run in a task of its own.
-        self._closing = asyncio.create_task(self._sio.disconnect(self._sid))
+        eio_sid = self._sio.manager.eio_sid_from_sid(self._sid, "/")
+        websocket = self._sio.websockets.get(eio_sid or "")
+        if code == CloseCode.SERVICE_RESTART and websocket is not None:
+            # The socket closed 1012 under Socket.IO, as when a server goes away: the client
+            # reconnects by itself ("transport close"), where a Socket.IO disconnect would leave
+            # it disconnected. (Over polling, python-engineio's close packet does the same.)
+            self._closing = asyncio.create_task(websocket.close_with(code, reason))
+        elif code == CloseCode.SERVICE_RESTART and eio_sid is not None:
+            self._closing = asyncio.create_task(self._sio.eio.disconnect(eio_sid))
+        else:
+            self._closing = asyncio.create_task(self._sio.disconnect(self._sid))
 
 
 def closing_envelope(code: int, reason: str) -> JsonObject:
@@ -330,12 +344,40 @@ class _FramesWebSocket(engineio.async_drivers.asgi.WebSocket):  # type: ignore[m
     client's writer sends one after the other then reach the socket in one write. Everything
     python-engineio sends still passes its one queue, in its order."""
 
+    # Set by create_server: told the Engine.IO sid of a connection the server is stopping, and
+    # where the open ones are found by it.
+    on_shutdown: Callable[[str], None] | None = None
+    registry: ClassVar[dict[str, _FramesWebSocket]] = {}
+
     async def __call__(self, environ: dict[str, Any]) -> str:
         extensions = environ["asgi.scope"].get("extensions") or {}
         frames = extensions.get(wire.EXTENSION)
         self._write_frames = frames["write"] if frames else None
-        result: str = await super().__call__(environ)
+        shutdown = extensions.get(wire.SHUTDOWN)
+        socket = getattr(self.handler, "__self__", None)  # python-engineio's socket
+        sid = getattr(socket, "sid", None)
+        if shutdown is not None and isinstance(sid, str) and self.on_shutdown is not None:
+            # The server stopping: acknowledge what was taken, say 1012, then close (as the
+            # native endpoint does) rather than uvicorn's immediate 1012 (transports/wire.py).
+            shutdown["register"](functools.partial(self.on_shutdown, sid))
+        if isinstance(sid, str):
+            self.registry[sid] = self
+        try:
+            result: str = await super().__call__(environ)
+        finally:
+            if isinstance(sid, str) and self.registry.get(sid) is self:
+                del self.registry[sid]
         return result
+
+    async def close_with(self, code: int, reason: str) -> None:
+        """Close the socket itself with a close code (python-engineio's `close` says 1000),
+        once what is queued for it is written (the closing envelope last)."""
+        socket = getattr(self.handler, "__self__", None)
+        with contextlib.suppress(Exception):  # already closed: nothing to do
+            if socket is not None:
+                async with asyncio.timeout(CLOSE_FLUSH_SECONDS):
+                    await socket.queue.join()
+            await self.asgi_send({"type": "websocket.close", "code": code, "reason": reason})
 
     async def send(self, message: str | bytes) -> None:
         if self._write_frames is not None and isinstance(message, str):
@@ -360,9 +402,21 @@ def create_server(app_state: Any, settings: Settings) -> _Server:
         logger=False,
         engineio_logger=False,
     )
-    # python-engineio takes its WebSocket class from its async driver's table.
-    sio.eio._async = {**sio.eio._async, "websocket": _FramesWebSocket}
     connections = sio.connections
+
+    def restart(eio_sid: str) -> None:
+        task = asyncio.create_task(
+            sio.close_connection(eio_sid, CloseCode.SERVICE_RESTART, "server restarting")
+        )
+        task.add_done_callback(lambda done: done.cancelled() or done.exception())
+
+    # python-engineio takes its WebSocket class from its async driver's table.
+    websocket = type(
+        "WebSocket",
+        (_FramesWebSocket,),
+        {"on_shutdown": staticmethod(restart), "registry": sio.websockets},
+    )
+    sio.eio._async = {**sio.eio._async, "websocket": websocket}
 
     async def open_session(sid: str, connection: _Connection, resume: object) -> None:
         # The welcome must follow the CONNECT packet, which is sent after the connect handler.
