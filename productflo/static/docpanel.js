@@ -123,8 +123,10 @@ export class DocsPanel {
   toggle() {
     const show = $('docs').hidden;
     this.showPanel(show);
-    if (show) this.reopen({focus: false});
-    if (show) (this.shown ? $('doc-text') : $('doc-name')).focus();
+    if (!show) return;
+    this.reopen({focus: false});
+    if (this.client.open) this.fetchList(this.client.open); // what others made since
+    (this.shown ? $('doc-text') : $('doc-name')).focus();
   }
 
   // Open a document by the name a person typed (a new one opens empty).

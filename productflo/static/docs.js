@@ -86,7 +86,7 @@ export class SharedDoc {
     this.connection.signal({
       code: 'doc_open', room_id: this.roomId, data: {doc_id: this.docId, state_vector: stateVector},
     });
-    this.sendAwareness();
+    if (this.awareness.getLocalState() !== null) this.sendAwareness(); // the others may have timed us out
   }
 
   queue(update) {
@@ -182,9 +182,11 @@ export class SharedDoc {
     if (origin === 'local') {
       this.scheduleAwareness();
     } else if (origin && origin.user) {
+      // Someone new (their first state may follow an empty one, so not only `added`): tell
+      // them where we are, or they would not know until we move.
+      const newcomers = [...added, ...updated].filter((id) => !this.owners.has(id));
       for (const id of [...added, ...updated]) this.owners.set(id, origin.user);
-      // Someone new: tell them where we are, or they would not know until we move.
-      if (added.length && this.awareness.getLocalState() !== null) this.scheduleAwareness();
+      if (newcomers.length && this.awareness.getLocalState() !== null) this.scheduleAwareness();
     }
     for (const id of removed) this.owners.delete(id);
     this.onChange('peers');

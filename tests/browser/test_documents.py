@@ -155,3 +155,100 @@ def test_edits_made_offline_merge_on_reconnect_and_nothing_is_lost(
     assert _stored_text(server, editing.room, "notes") == converged
     # bob is back in alice's list of who is here (he said so again after reconnecting).
     expect(_others(alice).get_by_role("listitem")).to_have_text([re.compile(r"^bob — line \d$")])
+
+
+def test_the_assistants_document_is_listed_for_guests_and_edited_together(
+    server: ServerThread, new_context: Any, screenshot: Any
+) -> None:
+    """A guest cannot list a room's documents over HTTP: the assistant's answer names its
+    document, live for the one who asked and in the history for one who comes later."""
+    room = _room()
+    alice = ChatPage.open(new_context(), server, "alice", room)
+    alice.expect_live()
+    alice.send("/doc Enclosure specification")
+    answer = alice.log.locator(".msg.answer")
+    edit = answer.get_by_role("button", name=re.compile("^Edit .* together$"))
+    expect(edit).to_be_visible()
+    edit.click()
+    alices_editor = _editor(alice)
+    expect(alices_editor).to_be_editable()
+    seeded = _stored_text(server, room, _listed_docs(alice)[0])
+    assert seeded.startswith("# ")
+    expect(alices_editor).to_have_value(seeded)
+
+    bob = ChatPage.open(new_context(), server, "bob", room)
+    bob.expect_live()
+    bob.page.get_by_role("button", name="Documents", exact=True).click()
+    listed = bob.page.get_by_role("list", name="Documents in this room").get_by_role("button")
+    expect(listed).to_have_count(1)
+    listed.focus()
+    bob.page.keyboard.press("Enter")
+    bobs_editor = _editor(bob)
+    expect(bobs_editor).to_have_value(seeded)
+    expect(bobs_editor).to_be_editable()
+    # alice was there first and has not moved since: bob's arrival has her say where she is,
+    # at once (well before awareness renews her state, every 15 s).
+    expect(_others(bob).get_by_role("listitem")).to_have_text(
+        [re.compile(r"^alice — line \d+$")], timeout=5_000
+    )
+    bobs_editor.press("Control+End")
+    bobs_editor.press_sequentially("\nReviewed by bob.")
+    expect(alices_editor).to_have_value(seeded + "\nReviewed by bob.")
+    screenshot(bob.page, "assistant-document")
+
+
+def test_a_token_user_lists_the_rooms_documents_and_offline_edits_survive_closing_the_tab(
+    server: ServerThread, new_context: Any
+) -> None:
+    room = _room()
+    alice = ChatPage.open(new_context(), server, "alice", room)
+    alices_editor = _open_document(alice, "agenda")
+    alices_editor.press_sequentially("Weekly agenda\n1. demo\n")
+    expect(alice.page.locator("#doc-status")).to_have_text("All changes saved")
+
+    bobs = new_context()
+    bob = ChatPage(bobs.new_page())
+    bob.goto(server)
+    bob.page.get_by_label("Access token").fill(mint(server.settings, "bob"))
+    bob.page.get_by_role("button", name="Sign in with token").click()
+    bob.expect_live()
+    bob.page.get_by_label("Room to join").fill(room)
+    bob.page.get_by_label("Room to join").press("Enter")
+    bob.page.get_by_role("button", name="Documents", exact=True).click()
+    # Listed by GET /rooms/{room}/docs: the title is the first line, the id under it.
+    listed = bob.page.get_by_role("list", name="Documents in this room").get_by_role("button")
+    expect(listed.locator("span").first).to_have_text("Weekly agenda")
+    expect(listed.locator(".doc-id")).to_have_text("agenda")
+    listed.click()
+    bobs_editor = _editor(bob)
+    expect(bobs_editor).to_have_value("Weekly agenda\n1. demo\n")
+    expect(bobs_editor).to_be_editable()
+
+    bobs.set_offline(True)
+    expect(bob.connection).to_have_attribute("data-state", "offline")
+    bobs_editor.press("Control+End")
+    bobs_editor.press_sequentially("2. written offline\n")
+    bob.page.wait_for_function(
+        """() => JSON.parse(localStorage.getItem('productflo:token:bob')).outbox
+                     .some((message) => message.code === 'doc_update')"""
+    )
+    bob.page.close()
+
+    bobs.set_offline(False)
+    again = ChatPage(bobs.new_page())
+    again.goto(server)  # the profile remembers bob's token, his room and his outbox
+    again.expect_live()
+    expected = "Weekly agenda\n1. demo\n2. written offline\n"
+    expect(alices_editor).to_have_value(expected)
+    again.page.get_by_role("button", name="Documents", exact=True).click()
+    expect(_editor(again)).to_have_value(expected)  # the document he had open, open again
+    expect(again.page.locator("#doc-status")).to_have_text("All changes saved")
+    assert _stored_text(server, room, "agenda") == expected
+
+
+def _listed_docs(chat: ChatPage) -> list[str]:
+    """The doc_ids of the documents the panel lists."""
+    ids: list[str] = chat.page.locator("#doc-list button").evaluate_all(
+        "buttons => buttons.map((button) => button.dataset.doc)"
+    )
+    return ids
