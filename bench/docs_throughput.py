@@ -63,7 +63,14 @@ from bench._harness import (
     postgres_root,
     running_server,
 )
-from bench.append_throughput import RATE_LIMIT, Meters, environment_facts, postmaster, write_results
+from bench.append_throughput import (
+    RATE_LIMIT,
+    Meters,
+    environment_facts,
+    postmaster,
+    scrape,
+    write_results,
+)
 from bench.fanout.measure import Histogram, merge
 from bench.fanout.report import percentiles
 from bench.fanout.servers import ROOT, node_executable, subprocess_server
@@ -289,6 +296,7 @@ class Target:
     name: str
     pid: int
     ws: str  # the /ws endpoint's URL
+    metrics: ServerProcess | None = None  # productflo's, for its group-commit counters
 
 
 @dataclass(frozen=True)
@@ -299,6 +307,7 @@ class EditorsRun:
     cpu_s: dict[str, float]  # CPU seconds in the window, by component (and `wall`)
     server_cpu_after_s: float  # the server's CPU after the window, until it was idle
     seconds: float
+    events_per_commit: float | None  # productflo's group commits in the window
 
     @property
     def failures(self) -> list[str]:
@@ -332,6 +341,8 @@ class EditorsRun:
             if name in self.cpu_s:
                 row[f"{name}_cores"] = round(self.cpu_s[name] / wall, 2)
         row["server_cpu_after_window_s"] = round(self.server_cpu_after_s, 2)
+        if self.events_per_commit is not None:
+            row["events_per_commit"] = round(self.events_per_commit, 1)
         return row
 
 
@@ -414,8 +425,10 @@ async def editors_run(
         await process.stdin.drain()
         await asyncio.sleep(options.warmup)
         before = {**meters.snapshot(), **machine_busy()}
+        commits_before = await scrape(target.metrics) if target.metrics else None
         await asyncio.sleep(options.duration)
         after = {**meters.snapshot(), **machine_busy()}
+        commits_after = await scrape(target.metrics) if target.metrics else None
         result = await _line(process.stdout, DRAIN + 30)
         process.stdin.write(b"close\n")
         await process.stdin.drain()
@@ -431,6 +444,7 @@ async def editors_run(
         spent(before, after),
         await idle_after(psutil.Process(target.pid)),
         options.duration,
+        _per_commit(commits_before, commits_after),
     )
     row = run.row()
     print(
@@ -442,6 +456,14 @@ async def editors_run(
         file=sys.stderr,
     )
     return run
+
+
+def _per_commit(
+    before: tuple[float, float, float] | None, after: tuple[float, float, float] | None
+) -> float | None:
+    if before is None or after is None or after[1] == before[1]:
+        return None
+    return (after[0] - before[0]) / (after[1] - before[1])
 
 
 def editors_summary(runs: list[EditorsRun]) -> dict[str, Any]:
@@ -569,7 +591,7 @@ def main(argv: list[str] | None = None) -> int:
                     )
                     print(f"prepared: {facts}", file=sys.stderr)
                 targets = [
-                    Target("productflo", server.pid, f"{server.ws}/ws"),
+                    Target("productflo", server.pid, f"{server.ws}/ws", server),
                     Target("relay", relay.pid, f"ws://127.0.0.1:{relay.port}/ws"),
                 ]
                 with bench_lock():
