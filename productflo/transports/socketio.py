@@ -36,6 +36,7 @@ from urllib.parse import parse_qs
 
 import engineio.async_drivers.asgi
 import engineio.json
+import engineio.payload
 import socketio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -388,6 +389,13 @@ class _FramesWebSocket(engineio.async_drivers.asgi.WebSocket):  # type: ignore[m
 
 def create_server(app_state: Any, settings: Settings) -> _Server:
     """The Socket.IO server; `app_state` is the FastAPI app's state (hub, verifier)."""
+    # python-engineio refuses a long-polling POST of more than 16 packets (400, and the session
+    # dropped), while Socket.IO's clients put whatever they have queued into one POST, up to the
+    # handshake's maxPayload in bytes: a burst, or an outbox resent after a reconnect, would be
+    # dropped again every time. A POST is bounded in bytes already (max_http_buffer_size below),
+    # so its packets are bounded only by what those bytes can hold. (A class attribute: it is
+    # the same for every Engine.IO server and client in the process.)
+    engineio.payload.Payload.max_decode_packets = settings.max_message_bytes
     sio = _Server(
         async_mode="asgi",
         # Same origin unless PRODUCTFLO_ALLOWED_ORIGINS names the allowed ones.
