@@ -11,7 +11,7 @@ import json
 import re
 import signal
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import urlencode
@@ -19,6 +19,7 @@ from urllib.parse import urlencode
 import aiohttp
 import engineio.payload
 import httpx
+import psutil
 import pytest
 import socketio
 from pydantic import SecretStr
@@ -29,7 +30,14 @@ from productflo.auth import mint
 from productflo.database import DatabaseUrl
 from productflo.settings import Settings
 from tests.deploy.conftest import Nginx
-from tests.test_processes import Server, _environment, _ready, _stored_chats, launch  # noqa: F401
+from tests.test_processes import (  # noqa: F401
+    Server,
+    _environment,
+    _ready,
+    _stored_chats,
+    _workers,
+    launch,
+)
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
@@ -92,16 +100,47 @@ class NativeLink:
         await self.connection.close()
 
 
-# python-engineio's client refuses a polling response of more than 16 packets ("Unexpected
-# packet from server, aborting"), a guard of its own: the server sends whatever has queued up
-# for the client in one response, as Node's does, and the browser's client takes any number.
-engineio.payload.Payload.max_decode_packets = 10_000
+@pytest.fixture(autouse=True)
+def _long_polls_of_many_packets(monkeypatch: pytest.MonkeyPatch) -> None:
+    """python-engineio's client refuses a polling response of more than 16 packets ("Unexpected
+    packet from server, aborting"), a guard of its own: the server sends whatever has queued up
+    for the client in one response, as Node's does, and the browser's client takes any number.
+    (The server takes a POST of many: productflo/transports/socketio.py.)"""
+    monkeypatch.setattr(engineio.payload.Payload, "max_decode_packets", 10_000)
+
+
+class Session:
+    """The HTTP session of one Socket.IO client, from its own address, trusting nginx's
+    certificate. It keeps every response: python-engineio leaves some unreleased (a poll
+    answered 502 when a backend dies), and each would hold a connection until the garbage
+    collector finds it, where filterwarnings = error turns the ResourceWarning into a failure."""
+
+    def __init__(self, nginx: Nginx, address: str) -> None:
+        self.responses: list[aiohttp.ClientResponse] = []
+        trace = aiohttp.TraceConfig()
+        trace.on_request_end.append(self._keep)
+        self.http = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(
+                ssl=nginx.cert.client_context(), local_addr=(address, 0)
+            ),
+            trace_configs=[trace],
+        )
+
+    async def _keep(
+        self, session: Any, context: Any, params: aiohttp.TraceRequestEndParams
+    ) -> None:
+        self.responses.append(params.response)
+
+    async def close(self) -> None:
+        for response in self.responses:
+            response.release()
+        await self.http.close()
 
 
 @dataclass
 class SocketIOLink:
     client: socketio.AsyncClient
-    session: aiohttp.ClientSession
+    session: Session
     messages: asyncio.Queue[dict[str, Any] | None]
 
     @classmethod
@@ -109,11 +148,8 @@ class SocketIOLink:
         async def open_link(
             nginx: Nginx, address: str, user: str, resume: dict[str, Any]
         ) -> SocketIOLink:
-            connector = aiohttp.TCPConnector(
-                ssl=nginx.cert.client_context(), local_addr=(address, 0)
-            )
-            session = aiohttp.ClientSession(connector=connector)
-            client = socketio.AsyncClient(reconnection=False, http_session=session)
+            session = Session(nginx, address)
+            client = socketio.AsyncClient(reconnection=False, http_session=session.http)
             link = cls(client, session, asyncio.Queue())
             client.on("message", lambda payload: link.messages.put_nowait(payload["data"]))
             client.on("disconnect", lambda *reason: link.messages.put_nowait(None))
@@ -155,6 +191,8 @@ class SocketIOLink:
         await self.session.close()
         await asyncio.gather(*loops, return_exceptions=True)
         await self.client.disconnect()  # where anything is left of it
+        if eio.http is not None and eio.http is not self.session.http:
+            await eio.http.close()  # one it made itself, finding this one closed
 
 
 Opener = Callable[[Nginx, str, str, dict[str, Any]], Awaitable[Link]]
@@ -406,27 +444,92 @@ def _check_deliveries(participant: Participant, log: list[int]) -> None:
     assert first_seen == log, f"{participant.user} saw another order, or missed some"
 
 
+async def _converse_undisturbed(
+    participants: Sequence[Participant], count: int, database: DatabaseUrl
+) -> None:
+    """Each sends `count` messages; then every message is stored once and every participant,
+    never disconnected, received each of them once, in the order of the log."""
+    total = count * len(participants)
+    try:
+        for participant in participants:
+            participant.count = count
+        async with asyncio.timeout(TIMEOUT * 2):
+            await asyncio.gather(*(p.converse(total) for p in participants))
+        await asyncio.gather(*(p.drain(0.5) for p in participants))
+    finally:
+        for participant in participants:
+            await participant.close()
+
+    stored = await _stored_chats(database)
+    log = [row["position"] for row in stored]
+    assert len(log) == total and len({row["client_msg_id"] for row in stored}) == total
+    for participant in participants:
+        assert participant.connections == 1
+        assert [c["event_id"] for c in participant.chats] == log, participant.user
+
+
 async def test_native_and_socketio_clients_on_different_backends_share_a_room(
     deployment: Deployment, database_url: DatabaseUrl
 ) -> None:
     everyone = await _open_everyone(deployment)
-    try:
-        total = 10 * len(everyone)
-        for participant in everyone.values():
-            participant.count = 10
-        async with asyncio.timeout(TIMEOUT * 2):
-            await asyncio.gather(*(p.converse(total) for p in everyone.values()))
-        await asyncio.gather(*(p.drain(0.5) for p in everyone.values()))
-    finally:
-        for participant in everyone.values():
-            await participant.close()
+    await _converse_undisturbed(list(everyone.values()), 10, database_url)
 
-    stored = await _stored_chats(database_url)
-    log = [row["position"] for row in stored]
-    assert len(log) == total and len({row["client_msg_id"] for row in stored}) == total
-    for participant in everyone.values():
-        assert participant.connections == 1
-        assert [c["event_id"] for c in participant.chats] == log, participant.user
+
+def _connections_per_worker(server: Server) -> list[int]:
+    """How many established connections each worker of `serve --workers N` holds on its port."""
+    return [
+        sum(
+            1
+            for c in worker.net_connections("tcp")
+            if c.laddr.port == server.port and c.status == psutil.CONN_ESTABLISHED
+        )
+        for worker in _workers(server)
+    ]
+
+
+async def test_a_backend_with_workers_serves_websocket_clients_behind_nginx(
+    launch: Any,  # noqa: F811
+    start_nginx: Any,
+    database_url: DatabaseUrl,
+    tmp_path: Any,
+) -> None:
+    """Backend 0 is `serve --workers 2`: native clients on both of its workers and on backend 1,
+    and a Socket.IO client on the websocket transport, share a room through nginx. (Not the
+    polling transport: docs/deployment.md says why.)"""
+    env = _environment(database_url, tmp_path)
+    workers, single = launch(env, "--no-migrate", "--workers", "2"), launch(env, "--no-migrate")
+    await _ready(workers, single)
+    async with asyncio.timeout(TIMEOUT):  # /readyz answered by one worker; the other may start
+        while workers.output_so_far().count("Application startup complete") < 2:
+            await asyncio.sleep(0.2)
+    nginx = start_nginx([workers.port, single.port])
+    participants: list[Participant] = []
+    try:
+        while len(participants) < 6 or min(_connections_per_worker(workers), default=0) < 1:
+            assert len(participants) < 40, (
+                f"one worker took them all: {_connections_per_worker(workers)}"
+            )
+            native = Participant(
+                f"native-{len(participants)}",
+                f"127.0.0.{100 + len(participants)}",
+                NativeLink.open,
+                nginx,
+            )
+            await native.connect()
+            participants.append(native)
+        assert len(_connections_per_worker(workers)) == 2
+        websocket = Participant(
+            "sio-websocket", "127.0.0.99", SocketIOLink.opener("websocket"), nginx
+        )
+        await websocket.connect()
+        participants.append(websocket)
+        for participant in participants:
+            await participant.join()
+    except BaseException:
+        for participant in participants:
+            await participant.close()
+        raise
+    await _converse_undisturbed(participants, 3, database_url)
 
 
 async def test_a_backend_killed_mid_conversation_loses_nothing_once_its_clients_resume(
