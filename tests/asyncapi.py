@@ -179,6 +179,7 @@ class Census:
     lenient: int = 0  # inbound frames the server takes only by converting a value's type
     seen: Counter[str] = field(default_factory=Counter)
     mismatches: list[str] = field(default_factory=list)
+    reported: int = 0  # how many of them a test has failed of
 
     def record(self, operation: str, payload: Any, *, inbound: bool, reply: bool = False) -> None:
         try:
@@ -327,15 +328,41 @@ class SocketIOCheck:
 
 
 @pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
+    census.reported = len(census.mismatches)
+    return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
     """Fail a test whose envelopes broke the document even where it caught the error (or where
     a Socket.IO handler, which cannot raise into the test, met it)."""
-    before = len(census.mismatches)
+    try:
+        result = yield
+    except BaseException:
+        _unreported()  # it failed already, of the mismatch or of something else
+        raise
+    _fail_on(_unreported())
+    return result
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item) -> Iterator[None]:
+    """... and one whose clients met such an envelope as they closed (a Socket.IO event)."""
     result = yield
-    found = census.mismatches[before:]
+    _fail_on(_unreported())
+    return result
+
+
+def _unreported() -> list[str]:
+    found = census.mismatches[census.reported :]
+    census.reported = len(census.mismatches)
+    return found
+
+
+def _fail_on(found: list[str]) -> None:
     if found:
         raise EnvelopeMismatch(f"{len(found)} envelope(s) broke {DOCUMENT.name}:\n" + found[0])
-    return result
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:

@@ -29,9 +29,11 @@ from productflo.settings import Settings
 from tests import asyncapi
 from tests.client import Client
 
-# Every envelope the test clients send and receive is held to docs/asyncapi.yaml.
-pytest_runtest_call = asyncapi.pytest_runtest_call
-pytest_terminal_summary = asyncapi.pytest_terminal_summary
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Every envelope the test clients send and receive is held to docs/asyncapi.yaml.
+    config.pluginmanager.register(asyncapi, "asyncapi")
+
 
 TEMPLATE = "productflo_template"
 _counter = itertools.count()

@@ -158,14 +158,15 @@ def test_a_document_looser_than_the_server_is_caught(tmp_path: Path) -> None:
 
 def test_a_mismatch_fails_the_test_even_when_it_is_caught(tmp_path: Path) -> None:
     """The plugin fails a test whose envelope broke the document, though the test swallowed
-    the error (as a Socket.IO event handler must), and counts what it validated."""
+    the error (as a Socket.IO event handler must), or met it as it closed, and counts what it
+    validated."""
     (tmp_path / "conftest.py").write_text(
         textwrap.dedent(
             """
             from tests import asyncapi
 
-            pytest_runtest_call = asyncapi.pytest_runtest_call
-            pytest_terminal_summary = asyncapi.pytest_terminal_summary
+            def pytest_configure(config):
+                config.pluginmanager.register(asyncapi, "asyncapi")
             """
         ),
         encoding="utf-8",
@@ -173,6 +174,8 @@ def test_a_mismatch_fails_the_test_even_when_it_is_caught(tmp_path: Path) -> Non
     (tmp_path / "test_inner.py").write_text(
         textwrap.dedent(
             f"""
+            import pytest
+
             from tests import asyncapi
 
             GOOD = {GOOD_CHAT!r}
@@ -186,6 +189,17 @@ def test_a_mismatch_fails_the_test_even_when_it_is_caught(tmp_path: Path) -> Non
                     asyncapi.check_outbound("anonymousSend", {{**GOOD, "status": "ok"}})
                 except AssertionError:
                     pass
+
+            @pytest.fixture
+            def closing_client():
+                yield
+                try:  # as a Socket.IO event arriving while the test's clients close
+                    asyncapi.check_outbound("anonymousSend", {{**GOOD, "event_id": 0}})
+                except AssertionError:
+                    pass
+
+            def test_bad_as_it_closes(closing_client):
+                pass
             """
         ),
         encoding="utf-8",
@@ -201,8 +215,10 @@ def test_a_mismatch_fails_the_test_even_when_it_is_caught(tmp_path: Path) -> Non
     )
     output = completed.stdout
     assert completed.returncode == 1, output
-    assert "1 failed, 1 passed" in output, output
-    assert "test_bad_but_caught" in output and "broke asyncapi.yaml" in output, output
+    assert "1 failed, 2 passed, 1 error" in output, output
+    assert "FAILED test_inner.py::test_bad_but_caught" in output, output
+    assert "ERROR test_inner.py::test_bad_as_it_closes" in output, output
+    assert "broke asyncapi.yaml" in output, output
     assert "AsyncAPI: 2 envelopes validated (1 inbound, 1 outbound)" in output, output
 
 
