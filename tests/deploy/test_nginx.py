@@ -144,7 +144,10 @@ class SocketIOLink:
     messages: asyncio.Queue[dict[str, Any] | None]
 
     @classmethod
-    def opener(cls, transport: str) -> Opener:
+    def opener(cls, *transports: str) -> Opener:
+        """Opens links on these transports; with both, it upgrades from polling to websocket
+        (the upgrade carries the session's sid: it too must reach the process holding it)."""
+
         async def open_link(
             nginx: Nginx, address: str, user: str, resume: dict[str, Any]
         ) -> SocketIOLink:
@@ -157,7 +160,7 @@ class SocketIOLink:
                 await client.connect(
                     nginx.https,
                     socketio_path="/ws",
-                    transports=[transport],
+                    transports=list(transports),
                     headers={"User-ID": user},
                     auth=resume,
                     wait_timeout=TIMEOUT,
@@ -165,7 +168,7 @@ class SocketIOLink:
             except BaseException:
                 await session.close()
                 raise
-            assert client.transport() == transport
+            assert client.transport() == transports[-1]
             return link
 
         return open_link
@@ -391,13 +394,14 @@ async def deployment(
         async with httpx.AsyncClient(transport=transport, timeout=TIMEOUT) as http:
             assert (await http.get(f"{nginx.https}/healthz?EIO=probe")).status_code == 200
         deployment.sticky[await deployment.wait_backend_of(address)].append(address)
-    assert deployment.sticky[0] and deployment.sticky[1], deployment.sticky
+    assert len(deployment.sticky[0]) >= 1 and len(deployment.sticky[1]) >= 2, deployment.sticky
     return deployment
 
 
 async def _open_everyone(deployment: Deployment, **options: Any) -> dict[str, Participant]:
     """A native client on each backend, a Socket.IO polling client on the first, a Socket.IO
-    websocket client on the second; all in the room. Keyed by the backend they are on."""
+    websocket client and one that upgraded from polling to websocket on the second; all in the
+    room. Keyed by the backend they are on."""
     natives = [
         deployment.participant(f"native-{n}", address, NativeLink.open, **options)
         for n, address in enumerate(NATIVE_ADDRESSES)
@@ -414,13 +418,21 @@ async def _open_everyone(deployment: Deployment, **options: Any) -> dict[str, Pa
     websocket = deployment.participant(
         "sio-websocket", deployment.sticky[1][0], SocketIOLink.opener("websocket"), **options
     )
+    upgraded = deployment.participant(
+        "sio-upgraded",
+        deployment.sticky[1][1],
+        SocketIOLink.opener("polling", "websocket"),
+        **options,
+    )
     await polling.connect()
     await websocket.connect()
+    await upgraded.connect()
     everyone = {
         "native on 0": natives[on.index(0)],
         "native on 1": natives[on.index(1)],
         "polling on 0": polling,
         "websocket on 1": websocket,
+        "upgraded on 1": upgraded,
     }
     for participant in everyone.values():
         await participant.join()
