@@ -222,6 +222,8 @@ def start_nginx(tmp_path: Path, certificate: Certificate) -> Iterator[Any]:
             str(directory),
             "-c",
             str(directory / "nginx.conf"),
+            "-e",  # from the start, before the configuration names it
+            str(directory / "error.log"),
             "-g",
             f"daemon off; pid {directory / 'nginx.pid'}; error_log {directory / 'error.log'};",
         ]
