@@ -40,20 +40,22 @@ $(FANOUT)/node_modules/.package-lock.json: $(FANOUT)/package.json $(FANOUT)/pack
 # What issue 12 names, at its sizes, one after the other (bench/README.md): the fan-out comparison
 # (productflo through ws and Socket.IO, naive, node; idle memory at 10,000 connections), replay of
 # 50,000 and 500,000 missed events, rebuild over 1,000,000 events, and the append rate beside
-# PostgreSQL's raw batched inserts. One that fails (a fan-out run that lost a message, say) does
-# not stop the others: the target fails after they have all run.
+# PostgreSQL's raw batched inserts; then issue 15's documents: opening 100,000 updates with and
+# without a snapshot, 20 editors beside a relay that stores nothing. One that fails (a fan-out
+# run that lost a message, say) does not stop the others: the target fails after they have all run.
 bench: $(STAMP) $(FANOUT)/node_modules/.package-lock.json
 	@failed=; \
 	for benchmark in "fanout --idle-connections 10000 --idle-steps 4" \
 			"replay_throughput --events 50000,500000" "rebuild_throughput --events 1000000" \
-			append_throughput "socketio_throughput --runs 3" idle_memory_profile; do \
+			append_throughput "socketio_throughput --runs 3" idle_memory_profile \
+			docs_throughput; do \
 		echo "== $(BIN)/python -m bench.$$benchmark"; \
 		$(BIN)/python -m bench.$$benchmark || failed="$$failed bench.$${benchmark%% *}"; \
 	done; \
 	echo "results: bench/results/fanout.json bench/results/fanout.png"; \
 	echo "         bench/results/replay_throughput.json bench/results/rebuild_throughput.json"; \
 	echo "         bench/results/append_throughput.json bench/results/socketio_throughput.json"; \
-	echo "         bench/results/idle_memory_profile.json"; \
+	echo "         bench/results/idle_memory_profile.json bench/results/docs_throughput.json"; \
 	if [ -n "$$failed" ]; then echo "failed:$$failed"; exit 1; fi
 
 # The web client's Yjs (productflo/static/vendor/yjs.mjs, committed; the Node tests import it too):
