@@ -227,10 +227,13 @@ export class Connection {
   }
 
   // Change a message of the outbox that has not gone out yet: `change(message)` gives its new
-  // version, under the same client_msg_id. False when it has gone (or may have): send another.
+  // version, under the same client_msg_id, or null to leave it. False when it has gone (or may
+  // have), or was left: send another.
   amend(id, change) {
     if (!this.untransmitted.has(id) || !this.outbox.has(id)) return false;
-    this.outbox.set(id, {...change(this.outbox.get(id)), client_msg_id: id});
+    const changed = change(this.outbox.get(id));
+    if (!changed) return false;
+    this.outbox.set(id, {...changed, client_msg_id: id});
     this.save();
     return true;
   }

@@ -87,7 +87,8 @@ export class DocsPanel {
     const roomId = this.client.open;
     const docs = roomId ? [...this.known(roomId)] : [];
     const list = $('doc-list');
-    const focused = list.contains(document.activeElement) ? document.activeElement.dataset.doc : null;
+    const active = document.activeElement;
+    const focused = list.contains(active) ? active.dataset.doc : null;
     list.replaceChildren(...docs.sort(([a], [b]) => a.localeCompare(b)).map(([id, title]) => {
       const item = document.createElement('li');
       const button = document.createElement('button');
@@ -103,7 +104,9 @@ export class DocsPanel {
         docId.textContent = id;
         button.append(docId);
       }
-      if (this.shown && this.shown.key === keyOf(roomId, id)) button.setAttribute('aria-current', 'true');
+      if (this.shown && this.shown.key === keyOf(roomId, id)) {
+        button.setAttribute('aria-current', 'true');
+      }
       button.addEventListener('click', () => this.open(roomId, id));
       item.append(button);
       return item;
@@ -146,7 +149,8 @@ export class DocsPanel {
     this.seen(roomId, docId);
     let shared = this.docs.get(keyOf(roomId, docId));
     if (!shared) {
-      shared = new SharedDoc(roomId, docId, this.client.me, this.connection, (what) => this.changed(shared, what));
+      const onChange = (what) => this.changed(shared, what);
+      shared = new SharedDoc(roomId, docId, this.client.me, this.connection, onChange);
       this.docs.set(shared.key, shared);
       if (this.connection.live) shared.open(); // else when the connection is live
     }

@@ -11,6 +11,10 @@ const ID = /^[A-Za-z0-9_.@:+|=~-]{1,128}$/;
 // this often: a fast typist stays well inside the server's rate limit (50 messages a second).
 const SEND_EVERY_MS = 100;
 const AWARENESS_EVERY_MS = 200;
+// One doc_update holds at most this much (merged edits, a paste in pieces): base64 and the
+// envelope keep its frame far below the server's limit (64 KiB by default; over it, close 1009).
+const UPDATE_BYTES = 16 * 1024;
+const PASTE_PIECE = 4096; // characters inserted per Yjs transaction: one update each
 const REMOTE = Symbol('remote'); // the origin of what the server sent: never sent back
 const TYPED = Symbol('typed');
 
@@ -43,6 +47,22 @@ export function splice(before, after, caret = after.length) {
   if (start > 0 && isHigh(after.charCodeAt(start - 1))) start -= 1;
   if (end > 0 && isLow(after.charCodeAt(after.length - end))) end -= 1;
   return [start, before.length - start - end, after.slice(start, after.length - end)];
+}
+
+// Consecutive updates grouped so that each group's bytes stay within `most` (one larger
+// update alone in its group).
+function batches(updates, most) {
+  const groups = [];
+  let size = Infinity;
+  for (const update of updates) {
+    if (size + update.length > most) {
+      groups.push([]);
+      size = 0;
+    }
+    groups.at(-1).push(update);
+    size += update.length;
+  }
+  return groups;
 }
 
 const isHigh = (unit) => unit >= 0xd800 && unit <= 0xdbff;
@@ -83,10 +103,13 @@ export class SharedDoc {
   // reconnect, when what was missed offline comes this way and the outbox sends what was typed.
   open() {
     const stateVector = Y.toBase64(Y.encodeStateVector(this.doc));
-    this.connection.signal({
-      code: 'doc_open', room_id: this.roomId, data: {doc_id: this.docId, state_vector: stateVector},
-    });
-    if (this.awareness.getLocalState() !== null) this.sendAwareness(); // the others may have timed us out
+    this.connection.signal(this.message('doc_open', {state_vector: stateVector}));
+    // Back after a drop: the others may have timed us out.
+    if (this.awareness.getLocalState() !== null) this.sendAwareness();
+  }
+
+  message(code, data) {
+    return {code, room_id: this.roomId, data: {doc_id: this.docId, ...data}};
   }
 
   queue(update) {
@@ -95,24 +118,26 @@ export class SharedDoc {
     this.onChange('status');
   }
 
-  // The edits of the last moment as one update, into the outbox: merged into the previous one
-  // while that one has not gone out (offline), so a long offline session is one message.
+  // The edits of the last moment as few updates as fit, into the outbox: merged into the
+  // previous one while that has not gone out (offline), so a long offline session is a few
+  // messages, not one per keystroke.
   flush() {
     clearTimeout(this.sendTimer);
     this.sendTimer = null;
-    if (!this.pending.length) return;
-    const update = Y.mergeUpdates(this.pending);
+    for (const batch of batches(this.pending, UPDATE_BYTES)) this.post(Y.mergeUpdates(batch));
     this.pending = [];
-    const merged = this.draft !== null && this.connection.amend(this.draft, (message) => ({
-      ...message,
-      data: {...message.data, update: Y.toBase64(Y.mergeUpdates([Y.fromBase64(message.data.update), update]))},
-    }));
-    if (!merged) {
-      this.draft = this.connection.send({
-        code: 'doc_update', room_id: this.roomId, data: {doc_id: this.docId, update: Y.toBase64(update)},
-      });
-    }
     this.onChange('status');
+  }
+
+  post(update) {
+    const amended = (message) => {
+      const both = Y.mergeUpdates([Y.fromBase64(message.data.update), update]);
+      if (both.length > UPDATE_BYTES) return null;
+      return this.message('doc_update', {update: Y.toBase64(both)});
+    };
+    if (this.draft === null || !this.connection.amend(this.draft, amended)) {
+      this.draft = this.connection.send(this.message('doc_update', {update: Y.toBase64(update)}));
+    }
   }
 
   // Whether edits are not stored yet: in the outbox, or about to be.
@@ -146,11 +171,15 @@ export class SharedDoc {
   // The person changed the text from what it was to `value`.
   edited(value, caret) {
     const [index, deleted, inserted] = splice(this.text.toString(), value, caret);
-    if (!deleted && !inserted) return;
-    this.doc.transact(() => {
-      if (deleted) this.text.delete(index, deleted);
-      if (inserted) this.text.insert(index, inserted);
-    }, TYPED);
+    if (deleted) this.doc.transact(() => this.text.delete(index, deleted), TYPED);
+    // A long paste in pieces, each its own update, so that no doc_update outgrows a frame.
+    for (let at = 0; at < inserted.length;) {
+      let end = Math.min(at + PASTE_PIECE, inserted.length);
+      if (end < inserted.length && isHigh(inserted.charCodeAt(end - 1))) end -= 1;
+      const piece = inserted.slice(at, end);
+      this.doc.transact(() => this.text.insert(index + at, piece), TYPED);
+      at = end;
+    }
   }
 
   // Where the person's selection is, kept across others' edits.
@@ -202,9 +231,7 @@ export class SharedDoc {
     this.awarenessTimer = null;
     if (!this.awareness.meta.has(this.doc.clientID)) return;
     const update = Y.encodeAwarenessUpdate(this.awareness, [this.doc.clientID]);
-    this.connection.signal({
-      code: 'awareness', room_id: this.roomId, data: {doc_id: this.docId, update: Y.toBase64(update)},
-    });
+    this.connection.signal(this.message('awareness', {update: Y.toBase64(update)}));
   }
 
   // Others with the document open: [{user, line, selected}], by name.

@@ -15,6 +15,14 @@ from productflo.auth import mint
 from tests.browser.chat_page import ChatPage, alice_and_bob
 from tests.conftest import ServerThread
 
+PHONE = {"width": 375, "height": 740}
+# The doc_updates waiting in a guest's outbox (its user id in %s), and in bob's, on a token.
+_OUTBOX_UPDATES = (
+    "JSON.parse(localStorage.getItem('productflo:guest:%s')).outbox"
+    ".filter((message) => message.code === 'doc_update')"
+)
+_OUTBOX_TOKEN_UPDATES = _OUTBOX_UPDATES.replace("guest:%s", "token:bob")
+
 
 def _room() -> str:
     return f"room-{uuid.uuid4().hex[:8]}"
@@ -78,6 +86,34 @@ def _both_editing(server: ServerThread, new_context: Any, name: str) -> Editing:
     return Editing(room, alice, bobs, bob, _open_document(alice, name), _open_document(bob, name))
 
 
+def test_a_peer_who_goes_leaves_the_list_and_the_panel_fits_a_phone(
+    server: ServerThread, new_context: Any, screenshot: Any
+) -> None:
+    room = _room()
+    alice = ChatPage.open(new_context(), server, "alice", room)
+    bobs = new_context(viewport=PHONE)
+    bob = ChatPage.open(bobs, server, "bob", room)
+    _open_document(alice, "minutes")
+    _open_document(bob, "minutes").press_sequentially("Minutes")
+    width = bob.page.evaluate("document.documentElement.scrollWidth")
+    assert width <= PHONE["width"], f"the page is {width} px wide at {PHONE['width']} px"
+    screenshot(bob.page, "document-phone")
+    others = _others(alice).get_by_role("listitem")
+    expect(others).to_have_text(["bob — line 1"])
+
+    # bob's network goes: nobody can tell alice, so his cursor stays until the awareness
+    # timeout (30 s without a word from him) drops it.
+    bobs.set_offline(True)
+    expect(others).to_have_count(0, timeout=45_000)
+    bobs.set_offline(False)
+    bob.expect_live()
+    expect(others).to_have_text(["bob — line 1"])  # back: he said where he is again
+
+    # bob leaves the page: he says so as it goes, and is off alice's list at once.
+    bob.page.goto("about:blank")
+    expect(others).to_have_count(0, timeout=5_000)
+
+
 def test_two_editors_converge_on_the_stored_text_keep_their_caret_and_see_each_other(
     server: ServerThread, new_context: Any, screenshot: Any
 ) -> None:
@@ -139,6 +175,8 @@ def test_edits_made_offline_merge_on_reconnect_and_nothing_is_lost(
     bobs_editor.press_sequentially("Notes: ")
     status = bob.page.locator("#doc-status")
     expect(status).to_have_text(re.compile(r"^Offline: .*waiting to send$"))
+    # All bob typed offline waits as one message, merged while it could not go out.
+    bob.page.wait_for_function(f"() => {_OUTBOX_UPDATES % 'bob'}.length === 1")
     expect(bobs_editor).to_have_value("Notes: shared start\nbob on the train\n")
     expect(alices_editor).to_have_value("shared start\nalice while bob was away\n")
     screenshot(bob.page, "document-offline")
@@ -228,10 +266,7 @@ def test_a_token_user_lists_the_rooms_documents_and_offline_edits_survive_closin
     expect(bob.connection).to_have_attribute("data-state", "offline")
     bobs_editor.press("Control+End")
     bobs_editor.press_sequentially("2. written offline\n")
-    bob.page.wait_for_function(
-        """() => JSON.parse(localStorage.getItem('productflo:token:bob')).outbox
-                     .some((message) => message.code === 'doc_update')"""
-    )
+    bob.page.wait_for_function(f"() => {_OUTBOX_TOKEN_UPDATES}.length > 0")
     bob.page.close()
 
     bobs.set_offline(False)
@@ -244,6 +279,21 @@ def test_a_token_user_lists_the_rooms_documents_and_offline_edits_survive_closin
     expect(_editor(again)).to_have_value(expected)  # the document he had open, open again
     expect(again.page.locator("#doc-status")).to_have_text("All changes saved")
     assert _stored_text(server, room, "agenda") == expected
+
+
+def test_a_long_paste_goes_out_in_pieces_that_fit_a_frame(
+    server: ServerThread, new_context: Any
+) -> None:
+    """60,000 characters are one update of about 60 KB, over the server's frame limit (64 KiB
+    with base64 and the envelope, and a frame over it closes the connection): sent in pieces."""
+    editing = _both_editing(server, new_context, "pasted")
+    pasted = "".join(f"line {n}: the quick brown fox\n" for n in range(2_000))
+    assert len(pasted) > 60_000
+    editing.alices_editor.fill(pasted)
+    expect(editing.bobs_editor).to_have_value(pasted)
+    expect(editing.alice.page.locator("#doc-status")).to_have_text("All changes saved")
+    editing.alice.expect_live()
+    assert _stored_text(server, editing.room, "pasted") == pasted
 
 
 def _listed_docs(chat: ChatPage) -> list[str]:
