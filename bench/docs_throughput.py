@@ -1,7 +1,7 @@
 """Collaborative documents: opening a long history, and 20 editors at once beside a relay.
 
     .venv/bin/python -m bench.docs_throughput [--updates 100000] [--opens 9] \
-        [--editors 20] [--window 1] [--runs 3] [--duration 5] [--warmup 1]
+        [--editors 20] [--window 1] [--runs 5] [--duration 5] [--warmup 1]
 
 Both parts run against `productflo serve` (a subprocess) on one fresh database (an embedded
 PostgreSQL, or PRODUCTFLO_DATABASE_URL's server), and measure under /tmp/bench.lock (flock), so
@@ -547,7 +547,7 @@ def parse_options(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--opens", type=int, default=9, help="timed opens of each document (9)")
     parser.add_argument("--editors", type=int, default=20, help="concurrent editors (20)")
     parser.add_argument("--window", type=int, default=1, help="unacknowledged per editor (1)")
-    parser.add_argument("--runs", type=int, default=3, help="editor rounds (3; 0: skip)")
+    parser.add_argument("--runs", type=int, default=5, help="editor rounds (5; 0: skip)")
     parser.add_argument("--duration", type=float, default=5.0, help="seconds counted per run (5)")
     parser.add_argument("--warmup", type=float, default=1.0, help="seconds not counted (1)")
     parser.add_argument("--output", type=Path, default=RESULTS, help=f"JSON results ({RESULTS})")
