@@ -5,7 +5,8 @@ receive is validated with `jsonschema` against the payload schemas of the messag
 matching AsyncAPI operation: what a client sends against the channel's `receive` operation,
 what it receives against its `send` operation (or, for a Socket.IO acknowledgement, against the
 `receive` operation's reply). One that matches none of them fails the test that sent or received
-it, and the terminal summary counts them all.
+it, and the terminal summary counts them all. A native client's frames are checked when the
+test's body (or its teardown) is over, off the clock of tests that time how fast clients read.
 
 Which frames a test sent on purpose to be refused is decided by the server's own parser
 (`productflo.envelopes.parse_inbound`), not guessed: a frame it accepts (or refuses only for a
@@ -20,9 +21,9 @@ from __future__ import annotations
 import contextlib
 import json
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from functools import cache
+from functools import cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -180,6 +181,16 @@ class Census:
     seen: Counter[str] = field(default_factory=Counter)
     mismatches: list[str] = field(default_factory=list)
     reported: int = 0  # how many of them a test has failed of
+    # Checks of native frames, run when the test's body (or teardown) is over: validating costs
+    # 50 to 150 us a frame, which a test that measures how fast a client reads would feel.
+    pending: list[Callable[[], None]] = field(default_factory=list)
+
+    def settle(self) -> None:
+        """Run the pending checks; what they find is in `mismatches`."""
+        pending, self.pending = self.pending, []
+        for check in pending:
+            with contextlib.suppress(EnvelopeMismatch):
+                check()
 
     def record(self, operation: str, payload: Any, *, inbound: bool, reply: bool = False) -> None:
         try:
@@ -278,17 +289,24 @@ class CheckedConnection(ClientConnection):
         return "secure" if self.request.path.startswith("/ws/secure") else "anonymous"
 
     async def send(self, message: Any, *, text: bool | None = None) -> None:
-        if isinstance(message, str | bytes):
-            check_inbound(f"{self._channel}Receive", message, self.checked_user)
+        if isinstance(message, str | bytes):  # frames are immutable: checked later (Census)
+            operation = f"{self._channel}Receive"
+            census.pending.append(partial(check_inbound, operation, message, self.checked_user))
         await super().send(message, text=text)
 
     async def recv(self, decode: bool | None = None) -> Data:
         frame = await super().recv(decode)
-        envelope = _object_of(frame)
-        check_outbound(f"{self._channel}Send", frame if envelope is None else envelope)
-        if self.checked_user is None and envelope is not None and _is_welcome(envelope):
-            self.checked_user = envelope["user_id"]
+        census.pending.append(partial(_check_frame, f"{self._channel}Send", frame))
+        if self.checked_user is None:
+            envelope = _object_of(frame)
+            if envelope is not None and _is_welcome(envelope):
+                self.checked_user = envelope["user_id"]
         return frame
+
+
+def _check_frame(operation: str, frame: Data) -> None:
+    envelope = _object_of(frame)
+    check_outbound(operation, frame if envelope is None else envelope)
 
 
 def _is_welcome(envelope: dict[str, Any]) -> bool:
@@ -340,8 +358,10 @@ def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
     try:
         result = yield
     except BaseException:
+        census.settle()
         _unreported()  # it failed already, of the mismatch or of something else
         raise
+    census.settle()
     _fail_on(_unreported())
     return result
 
@@ -350,6 +370,7 @@ def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
 def pytest_runtest_teardown(item: pytest.Item) -> Iterator[None]:
     """... and one whose clients met such an envelope as they closed (a Socket.IO event)."""
     result = yield
+    census.settle()
     _fail_on(_unreported())
     return result
 

@@ -174,6 +174,8 @@ def test_a_mismatch_fails_the_test_even_when_it_is_caught(tmp_path: Path) -> Non
     (tmp_path / "test_inner.py").write_text(
         textwrap.dedent(
             f"""
+            import functools
+
             import pytest
 
             from tests import asyncapi
@@ -183,6 +185,13 @@ def test_a_mismatch_fails_the_test_even_when_it_is_caught(tmp_path: Path) -> Non
             def test_good():
                 asyncapi.check_outbound("anonymousSend", GOOD)
                 asyncapi.check_inbound("anonymousReceive", {{"code": "join", "room_id": "r"}}, "u")
+
+            def test_bad_native_frame():
+                # What CheckedConnection.recv queues: checked once the test's body is over.
+                frame = '{{"status": "success", "code": "nonsense"}}'
+                asyncapi.census.pending.append(
+                    functools.partial(asyncapi._check_frame, "anonymousSend", frame)
+                )
 
             def test_bad_but_caught():
                 try:
@@ -215,7 +224,8 @@ def test_a_mismatch_fails_the_test_even_when_it_is_caught(tmp_path: Path) -> Non
     )
     output = completed.stdout
     assert completed.returncode == 1, output
-    assert "1 failed, 2 passed, 1 error" in output, output
+    assert "2 failed, 2 passed, 1 error" in output, output
+    assert "FAILED test_inner.py::test_bad_native_frame" in output, output
     assert "FAILED test_inner.py::test_bad_but_caught" in output, output
     assert "ERROR test_inner.py::test_bad_as_it_closes" in output, output
     assert "broke asyncapi.yaml" in output, output
