@@ -250,6 +250,7 @@ async def test_with_no_primary_messages_are_refused_and_all_recover_after_promot
         assert await alice.nothing_within(1.0) and await bob.nothing_within(0.1)
         for server in (one, two):
             assert (await http.get(f"{server.url}/readyz")).status_code == 503
+            assert (await http.get(f"{server.url}/healthz")).status_code == 200
             assert server.alive()
         # The standby, still read-only, holds none of them.
         assert [row["message"] for row in await _stored_chats(pair.standby.url())] == ["before"]
