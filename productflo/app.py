@@ -140,7 +140,11 @@ async def _start(
     pool opened, its first query refused). Every stop is a no-op for what did not start."""
     provider = create_provider(settings)  # a bad AI configuration stops the start, before any I/O
     stack.push_async_callback(provider.aclose)
-    store = EventStore(database.dsn)
+    read = settings.database_read_url
+    store = EventStore(
+        database.dsn,
+        read_dsn=DatabaseUrl.parse(read.get_secret_value()).dsn if read is not None else None,
+    )
     stack.push_async_callback(store.close)
     await store.start()
     hub = Hub(store, poll_interval=settings.poll_interval)

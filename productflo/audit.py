@@ -170,7 +170,8 @@ async def query(source: Source, audit_filter: AuditFilter) -> AuditPage:
     try:
         if isinstance(source, asyncpg.Connection):
             return await _query(source, audit_filter)
-        pool = source.pool if isinstance(source, EventStore) else source
+        # A server's audit reads from its hot standby when it has one (EventStore.read_pool).
+        pool = source.read_pool if isinstance(source, EventStore) else source
         async with pool.acquire() as connection:
             return await _query(connection, audit_filter)
     except asyncpg.UndefinedTableError as error:

@@ -22,6 +22,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PRODUCTFLO_", extra="ignore")
 
     database_url: SecretStr | None = None
+    # Hot standby(s) for the log's reads (productflo.events.store.EventStore); the primary's URL
+    # (database_url) for everything else.
+    database_read_url: SecretStr | None = None
     log_format: Literal["text", "json"] = "text"
     data_dir: Path = Field(default_factory=lambda: Path(platformdirs.user_data_dir("productflo")))
     jwt_secret: SecretStr | None = None

@@ -158,12 +158,16 @@ class ServerThread:
 
 @pytest.fixture
 def start_server(settings: Settings, database_url: DatabaseUrl) -> Iterator[Any]:
-    """`start_server(ws=None, **setting_overrides)`: another real server on this test's
-    database (`ws`: another uvicorn WebSocket protocol than the server's own)."""
+    """`start_server(ws=None, database=None, **setting_overrides)`: another real server on this
+    test's database, or on `database` (`ws`: another uvicorn WebSocket protocol than the
+    server's own)."""
     running: list[ServerThread] = []
 
-    def start(ws: str | None = None, **overrides: Any) -> ServerThread:
-        server = ServerThread(settings.model_copy(update=overrides), database_url, ws)
+    def start(
+        ws: str | None = None, database: DatabaseUrl | None = None, **overrides: Any
+    ) -> ServerThread:
+        on = database if database is not None else database_url
+        server = ServerThread(settings.model_copy(update=overrides), on, ws)
         server.start()
         running.append(server)
         return server

@@ -22,6 +22,12 @@ per interval, never a requirement.
 
 A tailer behind the stretch (a consumer catching up from its checkpoint) reads the log itself,
 and its reads join the stretch once they reach it.
+
+Read from a hot standby (`retry_short`), a read may come back short of a head the primary's
+NOTIFY already told: the standby has not replayed that far yet (it holds a prefix of the log,
+never a stretch with holes). No notification will come for what is already told, so the tailers
+are woken again `retry_short` seconds later, twice as long after each short read in a row (up to
+RETRY_SHORT_MAX), until the stretch reaches the head.
 """
 
 from __future__ import annotations
@@ -36,12 +42,17 @@ Reader = Callable[[int, int], Awaitable[list[RecordedEvent]]]  # (after, limit) 
 
 CAPACITY = 4096  # events kept: a consumer folding 50 ms of a busy log finds them all here
 READ_LIMIT = 1000
+RETRY_SHORT_MAX = 0.05  # the longest wait before reading a standby that was behind again
 
 
 class Recent:
-    def __init__(self, read: Reader, end: int, *, capacity: int = CAPACITY) -> None:
+    def __init__(
+        self, read: Reader, end: int, *, capacity: int = CAPACITY, retry_short: float | None = None
+    ) -> None:
         """`end`: the position the stretch starts after (the head when the process started)."""
         self._read = read
+        self._retry_short = retry_short
+        self._short_reads = 0  # reads in a row that came back short of the head
         self._capacity = capacity
         self._events: list[RecordedEvent] = []
         self.end = end  # the last position held (with no events held yet, where they start)
@@ -135,6 +146,13 @@ class Recent:
     async def _read_from_end(self) -> None:
         epoch, listening = self._epoch, self._listening
         self.learn(await self._read(self.end, READ_LIMIT))
+        if self._retry_short is not None and self.head > self.end:
+            # A standby behind the head: what it replays next has no notification of its own.
+            delay = min(self._retry_short * 2**self._short_reads, RETRY_SHORT_MAX)
+            self._short_reads += 1
+            asyncio.get_running_loop().call_later(delay, self._wake_all)
+            return
+        self._short_reads = 0
         if listening and epoch == self._epoch:
             self._trusted = True
 

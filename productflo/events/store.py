@@ -62,6 +62,11 @@ VOLATILE_CHANNEL = "productflo_volatile"
 MAX_BATCH_EVENTS = 2000
 COMMAND_TIMEOUT = 10.0
 CLOSE_TIMEOUT = 10.0
+# With a hot standby for reads: how long a read up to a position waits for the standby to have
+# replayed that far before it asks the primary, and how soon a read that came back short of the
+# head the primary told is tried again (a standby replays within milliseconds of the commit).
+STANDBY_WAIT_SECONDS = 2.0
+STANDBY_RETRY_SECONDS = 0.002
 
 _COLUMNS = "position, event_id, stream, version, type, data, metadata, recorded_at"
 
@@ -81,6 +86,12 @@ _DATABASE_ERRORS: tuple[type[BaseException], ...] = (*_CONNECTION_ERRORS, asyncp
 
 CommitListener = Callable[[list[RecordedEvent]], None]
 VolatileListener = Callable[[dict[str, Any]], None]
+
+
+async def _create_pool(dsn: str) -> asyncpg.Pool:
+    return await asyncpg.create_pool(
+        dsn, min_size=1, max_size=10, command_timeout=COMMAND_TIMEOUT, init=_init_connection
+    )
 
 
 async def _init_connection(connection: asyncpg.Connection) -> None:
@@ -156,11 +167,24 @@ class _Request:
 
 
 class EventStore:
-    """The log for one process: a read pool, one appender task, one LISTEN connection."""
+    """The log for one process: a read pool, one appender task, one LISTEN connection; with
+    `read_dsn` (a hot standby, PRODUCTFLO_DATABASE_READ_URL), a second pool for the log's reads.
 
-    def __init__(self, dsn: str) -> None:
+    On a standby: a physical replica replays the primary's commits in their order, and positions
+    are committed in position order (append_events(), migration 0003), so what a standby holds is
+    always a prefix of the log. A read with no upper bound (`read`, the tailers') takes whatever
+    prefix it holds, and the tailers read again until they reach the head the primary's NOTIFY
+    told (`Recent`, a few milliseconds apart). A read of everything up to a position (replay's,
+    a user's membership, a document's updates, a history page) first waits for the standby to
+    have replayed that far (`_reader`), and asks the primary when it does not within
+    STANDBY_WAIT_SECONDS. What must read its own writes (appends, idempotency, checkpoints, the
+    projections' tables, which room is secure) stays on the primary."""
+
+    def __init__(self, dsn: str, *, read_dsn: str | None = None) -> None:
         self._dsn = dsn
+        self._read_dsn = read_dsn
         self._pool: asyncpg.Pool | None = None
+        self._read_pool: asyncpg.Pool | None = None
         self._queue: asyncio.Queue[_Request] = asyncio.Queue()
         self._appender: asyncio.Task[None] | None = None
         self._lane = _Lane(dsn)
@@ -177,15 +201,12 @@ class EventStore:
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
-        self._pool = await asyncpg.create_pool(
-            self._dsn,
-            min_size=1,
-            max_size=10,
-            command_timeout=COMMAND_TIMEOUT,
-            init=_init_connection,
-        )
+        self._pool = await _create_pool(self._dsn)
+        if self._read_dsn is not None:
+            self._read_pool = await _create_pool(self._read_dsn)
         self.log_id = await self._read_log_id()
-        self._recent = Recent(self.read, await self.head())
+        retry = STANDBY_RETRY_SECONDS if self._read_pool is not None else None
+        self._recent = Recent(self.read, await self.head(), retry_short=retry)
         self._appender = asyncio.create_task(self._append_loop(), name="productflo-appender")
         self._listener = asyncio.create_task(self._listen_loop(), name="productflo-listener")
 
@@ -204,16 +225,18 @@ class EventStore:
         if self._recent is not None:
             self._recent.close()
         self._lane.close()
-        if self._pool is not None:
+        for pool in (self._read_pool, self._pool):
+            if pool is None:
+                continue
             # A graceful close waits for every connection to be released, and asyncpg can wait
             # forever on a cancelled query's acknowledgement (MagicStack/asyncpg#431, #1356): a
             # stop must end all the same.
             try:
                 async with asyncio.timeout(CLOSE_TIMEOUT):
-                    await self._pool.close()
+                    await pool.close()
             except TimeoutError:
-                log.warning("the read pool did not close within %.0f s; terminated", CLOSE_TIMEOUT)
-                self._pool.terminate()
+                log.warning("a read pool did not close within %.0f s; terminated", CLOSE_TIMEOUT)
+                pool.terminate()
 
     @property
     def dsn(self) -> str:
@@ -224,6 +247,34 @@ class EventStore:
         if self._pool is None:
             raise RuntimeError("EventStore.start() has not run")
         return self._pool
+
+    @property
+    def read_pool(self) -> asyncpg.Pool:
+        """Where reads that need not see this instant's commits go (the audit's): the standby's
+        pool when there is one."""
+        return self._read_pool if self._read_pool is not None else self.pool
+
+    async def _reader(self, upto: int) -> asyncpg.Pool:
+        """The pool to read positions up to `upto` from: the standby once it holds them (it
+        is waited for, briefly), else the primary."""
+        if self._read_pool is None:
+            return self.pool
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + STANDBY_WAIT_SECONDS
+        pause = STANDBY_RETRY_SECONDS
+        while True:
+            try:
+                async with translated():
+                    replayed = await self._read_pool.fetchval("SELECT position FROM log_head")
+            except StoreUnavailable:
+                return self.pool  # the standby is away: the primary answers
+            if replayed >= upto:
+                return self._read_pool
+            if loop.time() + pause > deadline:
+                log.info("the standby is behind position %d; reading from the primary", upto)
+                return self.pool
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.05)
 
     @property
     def recent(self) -> Recent:
@@ -327,8 +378,9 @@ class EventStore:
     # -- reading -------------------------------------------------------------------------------
 
     async def read(self, after: int, limit: int = 1000) -> list[RecordedEvent]:
-        """Events with position > after, oldest first."""
-        rows = await self._fetch(
+        """Events with position > after, oldest first (on a standby, as far as it has them)."""
+        rows = await self._fetch_from(
+            self.read_pool,
             f"SELECT {_COLUMNS} FROM events WHERE position > $1 ORDER BY position LIMIT $2",
             after,
             limit,
@@ -337,7 +389,8 @@ class EventStore:
 
     async def read_positions(self, positions: list[int]) -> list[RecordedEvent]:
         """The events at the given positions, oldest first."""
-        rows = await self._fetch(
+        rows = await self._fetch_from(
+            await self._reader(max(positions, default=0)),
             f"SELECT {_COLUMNS} FROM events WHERE position = ANY($1::bigint[]) ORDER BY position",
             positions,
         )
@@ -353,7 +406,9 @@ class EventStore:
         types: Iterable[str] | None = None,
     ) -> list[RecordedEvent]:
         """The newest `limit` events of a stream between two positions, oldest first."""
-        rows = await self._fetch(
+        upto = self.recent.head if before is None else min(before - 1, self.recent.head)
+        rows = await self._fetch_from(
+            await self._reader(upto),
             f"""
             SELECT {_COLUMNS} FROM events
             WHERE stream = $1 AND position < $2 AND position > $3
@@ -370,7 +425,8 @@ class EventStore:
 
     async def read_outlines(self, streams: Collection[str], after: int, upto: int) -> list[Outline]:
         """The light columns of the streams' events in (after, upto], oldest first."""
-        rows = await self._fetch(
+        rows = await self._fetch_from(
+            await self._reader(upto),
             """
             SELECT position, stream, type, metadata->>'user_id' AS actor,
                    CASE WHEN stream LIKE 'user:%' THEN data->'details'->>'room_id'
@@ -392,7 +448,8 @@ class EventStore:
 
     async def membership_streams(self, user_id: str, after: int, upto: int) -> set[str]:
         """The streams in which `user_id` joined or left in (after, upto]."""
-        rows = await self._fetch(
+        rows = await self._fetch_from(
+            await self._reader(upto),
             """
             SELECT DISTINCT stream FROM events
             WHERE metadata->>'user_id' = $1 AND type IN ('join', 'leave')
@@ -407,7 +464,8 @@ class EventStore:
     async def last_membership(self, user_id: str, upto: int) -> dict[str, str]:
         """Per stream, the type (`join` or `leave`) of the last membership event of `user_id`
         at or before `upto`."""
-        rows = await self._fetch(
+        rows = await self._fetch_from(
+            await self._reader(upto),
             """
             SELECT DISTINCT ON (stream) stream, type FROM events
             WHERE metadata->>'user_id' = $1 AND type IN ('join', 'leave') AND position <= $2
@@ -424,12 +482,15 @@ class EventStore:
         self, room_id: str, doc_id: str, after: int, upto: int
     ) -> list[DocUpdate]:
         """The updates of a room's document in (after, upto], in log order."""
-        rows = await self._fetch(DOC_UPDATES, room_stream(room_id), doc_id, after, upto + 1)
+        rows = await self._fetch_from(
+            await self._reader(upto), DOC_UPDATES, room_stream(room_id), doc_id, after, upto + 1
+        )
         return [doc_update(row) for row in rows]
 
     async def doc_activity(self, room_id: str, after: int) -> list[tuple[str, int, datetime]]:
         """(doc id, position, time) of each update of the room's documents after `after`."""
-        rows = await self._fetch(
+        rows = await self._fetch_from(
+            await self._reader(self.recent.head),
             """
             SELECT data->>'doc_id' AS doc, position, recorded_at FROM events
             WHERE stream = $1 AND type = 'doc_update' AND position > $2
@@ -442,7 +503,8 @@ class EventStore:
 
     async def opened_docs(self, user_id: str, upto: int) -> set[tuple[str, str]]:
         """The documents (room, doc id) `user_id` opened at or before `upto`."""
-        rows = await self._fetch(
+        rows = await self._fetch_from(
+            await self._reader(upto),
             """
             SELECT DISTINCT stream, data->>'doc_id' AS doc FROM events
             WHERE metadata->>'user_id' = $1 AND type = 'doc_open' AND position <= $2
@@ -483,8 +545,11 @@ class EventStore:
         return uuid.UUID(str(value))
 
     async def _fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
+        return await self._fetch_from(self.pool, query, *args)
+
+    async def _fetch_from(self, pool: asyncpg.Pool, query: str, *args: Any) -> list[asyncpg.Record]:
         async with translated():
-            return list(await self.pool.fetch(query, *args))
+            return list(await pool.fetch(query, *args))
 
     async def _fetchval(self, query: str, *args: Any) -> Any:
         async with translated():

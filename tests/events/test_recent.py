@@ -21,14 +21,14 @@ pytestmark = pytest.mark.anyio
 def count_log_reads(store: EventStore) -> list[int]:
     """Every read of the log after a position the store makes from here on, by `after`."""
     reads: list[int] = []
-    fetch = store._fetch
+    fetch = store._fetch_from
 
-    async def counted(query: str, *args: Any) -> Any:
+    async def counted(pool: Any, query: str, *args: Any) -> Any:
         if "FROM events WHERE position > $1" in query:
             reads.append(args[0])
-        return await fetch(query, *args)
+        return await fetch(pool, query, *args)
 
-    store._fetch = counted  # type: ignore[method-assign]
+    store._fetch_from = counted  # type: ignore[method-assign]
     return reads
 
 
