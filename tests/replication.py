@@ -92,7 +92,8 @@ class Node:
     def stop(self) -> None:
         """At the end of a test: whatever of this node still runs, gone."""
         with contextlib.suppress(FileNotFoundError, psutil.NoSuchProcess, ValueError):
-            self.processes.append(self.postmaster())
+            postmaster = self.postmaster()  # and what it started since, after a promotion too
+            self.processes += [postmaster, *postmaster.children(recursive=True)]
         for process in self.processes:
             with contextlib.suppress(psutil.NoSuchProcess):
                 process.kill()
