@@ -167,11 +167,14 @@ def node_busy(name: str, node: replication.Node) -> dict[str, float]:
 
 
 def process_kind(child: psutil.Process) -> str:
-    """`backends` (the servers' connections), or what PostgreSQL's title says the process is."""
-    title = " ".join(child.cmdline()).removeprefix("postgres: ")
-    if title.startswith(f"{replication.USER} {replication.DATABASE} "):
+    """`backends` (the servers' connections), or what PostgreSQL's title says the process is
+    (`forked`: a child that has no title of its own yet)."""
+    title = " ".join(child.cmdline())
+    if not title.startswith("postgres: "):
+        return "forked"
+    if title.startswith(f"postgres: {replication.USER} {replication.DATABASE} "):
         return "backends"
-    return title.split()[0] if title else "unknown"
+    return title.split()[1]
 
 
 def process_busy(process: psutil.Process) -> float:
