@@ -104,8 +104,12 @@ export class SharedDoc {
   open() {
     const stateVector = Y.toBase64(Y.encodeStateVector(this.doc));
     this.connection.signal(this.message('doc_open', {state_vector: stateVector}));
-    // Back after a drop: the others may have timed us out.
-    if (this.awareness.getLocalState() !== null) this.sendAwareness();
+    // Back after a drop: the others may have timed us out. A state they dropped comes back
+    // only with a newer clock than the one they saw last: set it again, and say it now.
+    const state = this.awareness.getLocalState();
+    if (state === null) return;
+    this.awareness.setLocalState(state);
+    this.sendAwareness();
   }
 
   message(code, data) {
