@@ -18,11 +18,13 @@ nodes, and a fresh room: --clients native /ws clients per server, all in it; --w
 different servers) send chats at --rate messages/s each, steadily, from the start of the warm-up
 to the end of the measured window. Counted in the window: the chat_responses the clients
 received (deliveries: each event reaches every client, its sender included), the CPU seconds of
-each node's postmaster and its children (psutil), of the servers, of this process (the clients),
-and of the rest of the machine; latency from the send to each other client's receipt, for the
-messages sent in the window. A run counts only when every client received every message once
-and in order (the same event ids in the same order everywhere): otherwise the benchmark fails.
-The measured part holds /tmp/bench.lock (flock).
+each node's postmaster and its children (psutil), by kind (the servers' backends, walsender,
+startup, ...), of the servers, of this process (the clients), and of the rest of the machine;
+pg_stat_database's transactions and rows read and written on each node (approximate: a backend
+reports them when it goes idle, at most once a second); latency from the send to each other
+client's receipt, for the messages sent in the window. A run counts only when every client
+received every message once and in order (the same event ids in the same order everywhere):
+otherwise the benchmark fails. The measured part holds /tmp/bench.lock (flock).
 """
 
 from __future__ import annotations
