@@ -56,7 +56,9 @@ async def _run_async() -> None:
 
 
 if context.is_offline_mode():
-    context.configure(url=_url().sqlalchemy_url, literal_binds=True)
+    # `alembic upgrade --sql` writes the SQL and connects to nothing: the dialect is all it
+    # needs (the URL, several hosts and all, is not read).
+    context.configure(dialect_name="postgresql", literal_binds=True)
     with context.begin_transaction():
         context.run_migrations()
 else:

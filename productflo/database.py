@@ -39,10 +39,6 @@ class DatabaseUrl:
         """The URL of database `name` on the same server."""
         return DatabaseUrl(urlunsplit(urlsplit(self.dsn)._replace(path=f"/{name}")))
 
-    @property
-    def sqlalchemy_url(self) -> str:
-        return "postgresql+asyncpg" + self.dsn.removeprefix("postgresql")
-
     def redacted(self) -> str:
         parts = urlsplit(self.dsn)
         if parts.password:

@@ -225,3 +225,14 @@ def test_upgrade_accepts_a_url_with_libpq_parameters(
 def test_upgrade_of_an_unreachable_database_fails_with_a_nonzero_exit(tmp_path: Path) -> None:
     result = run(PRODUCTFLO, "postgresql://nobody@127.0.0.1:1/nothing", tmp_path)
     assert result.returncode != 0
+
+
+def test_offline_upgrade_writes_the_sql_for_a_url_of_several_hosts(tmp_path: Path) -> None:
+    """`alembic upgrade head --sql` connects to nothing: a failover URL naming several hosts
+    (none of them up) gives the SQL an operator reviews before running it."""
+    url = "postgresql://ops@127.0.0.1:1,127.0.0.1:2/productflo?target_session_attrs=read-write"
+    result = run([*ALEMBIC, "--sql"], url, tmp_path)
+    assert_succeeded(result)
+    assert "CREATE TABLE events" in result.stdout
+    assert "CREATE INDEX events_doc_updates" in result.stdout  # through the last migration
+    assert f"UPDATE alembic_version SET version_num='{HEAD}'" in result.stdout
