@@ -42,14 +42,15 @@ $(FANOUT)/node_modules/.package-lock.json: $(FANOUT)/package.json $(FANOUT)/pack
 # 50,000 and 500,000 missed events, rebuild over 1,000,000 events, and the append rate beside
 # PostgreSQL's raw batched inserts; then issue 15's documents: opening 100,000 updates with and
 # without a snapshot, 20 editors beside a relay that stores nothing; and the primary's CPU per
-# delivered event with the log's reads on it or on a hot standby. One that fails (a fan-out
+# delivered event with the log's reads on it or on a hot standby, and what a failover loses with
+# a synchronous standby and with an asynchronous one. One that fails (a fan-out
 # run that lost a message, say) does not stop the others: the target fails after they have all run.
 bench: $(STAMP) $(FANOUT)/node_modules/.package-lock.json
 	@failed=; \
 	for benchmark in "fanout --idle-connections 10000 --idle-steps 4" \
 			"replay_throughput --events 50000,500000" "rebuild_throughput --events 1000000" \
 			append_throughput "socketio_throughput --runs 3" idle_memory_profile \
-			docs_throughput standby_reads; do \
+			docs_throughput standby_reads standby_loss; do \
 		echo "== $(BIN)/python -m bench.$$benchmark"; \
 		$(BIN)/python -m bench.$$benchmark || failed="$$failed bench.$${benchmark%% *}"; \
 	done; \
@@ -57,7 +58,7 @@ bench: $(STAMP) $(FANOUT)/node_modules/.package-lock.json
 	echo "         bench/results/replay_throughput.json bench/results/rebuild_throughput.json"; \
 	echo "         bench/results/append_throughput.json bench/results/socketio_throughput.json"; \
 	echo "         bench/results/idle_memory_profile.json bench/results/docs_throughput.json"; \
-	echo "         bench/results/standby_reads.json"; \
+	echo "         bench/results/standby_reads.json bench/results/standby_loss.json"; \
 	if [ -n "$$failed" ]; then echo "failed:$$failed"; exit 1; fi
 
 # The web client's Yjs (productflo/static/vendor/yjs.mjs, committed; the Node tests import it too):
